@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine:
+#   make demo   trains WS-RAM+q+c on the bundled digits, evaluates it and draws its glimpses
+#   make test   runs the test suite
+# Both create .venv and install what they need (PyTorch pinned to a CPU build).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RUN    ?= runs/demo
+STEPS  ?= 3000
+
+.PHONY: demo test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev,tensorboard]'
+	touch $@
+
+demo: $(BIN)/.installed
+	@if [ -f $(RUN)/last.pt ]; then \
+		$(BIN)/wsram train --run-dir $(RUN) --resume --steps $(STEPS); \
+	else \
+		$(BIN)/wsram train --run-dir $(RUN) --method wsram+q+c --steps $(STEPS); \
+	fi
+	$(BIN)/wsram evaluate $(RUN)
+	$(BIN)/wsram show $(RUN)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

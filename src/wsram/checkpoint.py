@@ -1,0 +1,72 @@
+"""Checkpoints as plain dicts: atomic writes, safe loads (``weights_only=True``)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "wsram-checkpoint-v1"
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync, then rename over it.
+
+    A crash at any point leaves either the old file or the new one, never a torn file.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(path: str | Path, state: dict[str, Any]) -> None:
+    state = {"format": FORMAT, **state}
+    atomic_write_bytes(Path(path), lambda f: torch.save(state, f))
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without executing code from it; errors say what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).splitlines()[0] if str(e) else "unpickling refused"
+        raise CheckpointError(
+            f"{path}: refused: it holds objects other than tensors and plain data ({first})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: truncated or not a checkpoint ({str(e)[:80]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a wsram checkpoint")
+    return state
+
+
+def check_model_config(path: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose model configuration differs, naming the differences."""
+    diffs = [f"{k}={saved.get(k)!r} (expected {v!r})" for k, v in current.items()
+             if saved.get(k) != v]
+    if diffs:
+        raise CheckpointError(f"{path}: made with a different model: {', '.join(diffs)}")

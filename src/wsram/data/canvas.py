@@ -1,0 +1,167 @@
+"""Translated, scaled digits on a black canvas (paper Section 5.1).
+
+Each canvas holds one digit, resized to a random side length in pixels and placed at a
+random location so that the whole scaled digit box lies inside the canvas. Rendering is
+one batched ``affine_grid`` + ``grid_sample`` call (bilinear, zero padding).
+
+Pixel coordinates: pixel ``(row i, column j)`` covers ``[j, j+1) x [i, i+1)``, so a canvas
+of side H spans ``[0, H]``. ``centres[:, 0]`` is horizontal (x, columns) and
+``centres[:, 1]`` vertical (y, rows), the same order as the glimpse locations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wsram.data.digits import DigitSet
+from wsram.errors import CheckpointError, ConfigError, DataError
+
+_TEST_CHUNK = 1024  # canvases rendered at once by make_test_set: bounds the grid memory
+
+
+@dataclass
+class CanvasSpec:
+    """Canvas geometry; the digit side is drawn uniformly (real-valued) in
+    ``[digit_min, digit_max]`` pixels."""
+
+    canvas_size: int = 100  # canvas side H = W in pixels (paper: 100)
+    digit_min: int = 24  # smallest digit side in pixels (MNIST digits are 28)
+    digit_max: int = 56  # largest digit side in pixels; at most canvas_size
+
+    def __post_init__(self) -> None:
+        for name in ("canvas_size", "digit_min", "digit_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"canvas: {name} must be a number, got {value!r}")
+        if self.canvas_size < 1 or int(self.canvas_size) != self.canvas_size:
+            raise ConfigError(f"canvas: canvas_size must be a positive integer, "
+                              f"got {self.canvas_size}")
+        if not 1 <= self.digit_min <= self.digit_max:
+            raise ConfigError(f"canvas: need 1 <= digit_min <= digit_max, got digit_min="
+                              f"{self.digit_min}, digit_max={self.digit_max}")
+        if self.digit_max > self.canvas_size:
+            raise ConfigError(f"canvas: digit_max={self.digit_max} does not fit on a canvas of "
+                              f"side canvas_size={self.canvas_size}")
+        self.canvas_size = int(self.canvas_size)
+
+
+def draw_placement(num: int, spec: CanvasSpec, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Random digit sides and centres such that every digit box fits on the canvas.
+
+    One row of three uniforms per canvas (side, x, y), so the first n placements drawn for
+    num >= n canvases are the same as those drawn for n. Returns sizes (num,) and
+    centres (num, 2) as float32 pixels on the generator's device.
+    """
+    H = spec.canvas_size
+    u = torch.rand(num, 3, generator=generator, device=generator.device)  # (num, 3)
+    sizes = spec.digit_min + (spec.digit_max - spec.digit_min) * u[:, 0]  # (num,)
+    centres = sizes[:, None] / 2 + u[:, 1:] * (H - sizes)[:, None]  # (num, 2) in [s/2, H-s/2]
+    return sizes, centres
+
+
+def render(digits: Tensor, sizes: Tensor, centres: Tensor, canvas_size: int) -> Tensor:
+    """Place each digit, resized to side ``sizes[b]`` pixels, centred at ``centres[b]``.
+
+    digits: (B, h, w) uint8 (0..255) or float in [0, 1]; sizes: (B,); centres: (B, 2) as
+    (x, y) pixels. Returns (B, 1, H, W) float32 in [0, 1], H = W = canvas_size.
+
+    The output pixel at position p (pixel centre, in [0, H]) reads the digit at normalised
+    coordinate (p - c) * 2 / s, i.e. theta = [[H/s, 0, (H - 2 c_x)/s], [0, H/s, (H - 2 c_y)/s]].
+    Bilinear sampling against zero padding lets the digit's outermost source pixels fade
+    over an extra s/56 px (< 1 px at these sizes); MNIST's blank border makes that moot.
+    """
+    if digits.dim() != 3:
+        raise ValueError(f"digits must be (B, h, w), got {tuple(digits.shape)}")
+    B = digits.shape[0]
+    x = digits.unsqueeze(1)  # (B, 1, h, w)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    H = int(canvas_size)
+    s = sizes.to(device=x.device, dtype=torch.float32)  # (B,)
+    c = centres.to(device=x.device, dtype=torch.float32)  # (B, 2)
+    theta = torch.zeros(B, 2, 3, device=x.device)  # (B, 2, 3)
+    theta[:, 0, 0] = H / s
+    theta[:, 1, 1] = H / s
+    theta[:, :, 2] = (H - 2 * c) / s[:, None]
+    grid = F.affine_grid(theta, [B, 1, H, H], align_corners=False)  # (B, H, W, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.clamp_(0.0, 1.0)  # (B, 1, H, W)
+
+
+class CanvasGenerator:
+    """An endless, seeded stream of translated-scaled digit canvases.
+
+    All randomness (digit index, size, position) comes from a private CPU
+    ``torch.Generator``: the same seed gives the same stream whatever the global RNG does,
+    and ``state_dict`` / ``load_state_dict`` let a resumed run continue the same stream.
+    The digits are held on ``device`` as float once, so sampling is an index + one render.
+    """
+
+    def __init__(self, digits: DigitSet, spec: CanvasSpec, seed: int,
+                 device: str | torch.device = "cpu"):
+        if len(digits) == 0:
+            raise DataError("canvas generator: the digit set is empty")
+        self.spec = spec
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self._digits = digits.images.to(self.device, torch.float32) / 255.0  # (N, 28, 28)
+        self._labels = digits.labels.to(self.device)  # (N,)
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def __len__(self) -> int:
+        return int(self._labels.shape[0])
+
+    def sample(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Draw a batch: x (B, 1, H, W) float32 in [0, 1] and y (B,) int64, on ``device``."""
+        if batch_size < 1:
+            raise ConfigError(f"canvas generator: batch_size must be >= 1, got {batch_size}")
+        g = self._generator
+        idx = torch.randint(len(self), (batch_size,), generator=g)  # (B,)
+        sizes, centres = draw_placement(batch_size, self.spec, g)  # (B,), (B, 2)
+        idx = idx.to(self.device)
+        x = render(self._digits[idx], sizes, centres, self.spec.canvas_size)  # (B, 1, H, W)
+        return x, self._labels[idx]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The generator state (a uint8 tensor) under ``"rng_state"``."""
+        return {"rng_state": self._generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor] | Tensor) -> None:
+        """Restore a state from :meth:`state_dict` (or the bare uint8 tensor)."""
+        rng = state.get("rng_state") if isinstance(state, Mapping) else state
+        if not isinstance(rng, Tensor) or rng.dtype != torch.uint8:
+            raise CheckpointError("canvas generator state: expected a uint8 tensor under "
+                                  "'rng_state'")
+        try:
+            self._generator.set_state(rng.cpu())
+        except RuntimeError as err:
+            raise CheckpointError(f"canvas generator state is not a valid CPU generator "
+                                  f"state: {err}") from err
+
+
+def make_test_set(digits: DigitSet, spec: CanvasSpec, num: int | None = None,
+                  seed: int = 1234) -> tuple[Tensor, Tensor]:
+    """A fixed test set: one canvas per digit, in order (the first ``num`` digits if given).
+
+    Sizes and positions come from a generator seeded with ``seed``, drawn for all canvases
+    before rendering, so the result does not depend on the chunking, and the set for
+    ``num=n`` is the first n canvases of any larger one. Returns
+    x (N, 1, H, W) float32 and y (N,) int64 on the CPU.
+    """
+    n = len(digits) if num is None else int(num)
+    if not 1 <= n <= len(digits):
+        raise ConfigError(f"test set: num must be between 1 and the {len(digits)} digits "
+                          f"available, got {num}")
+    g = torch.Generator().manual_seed(int(seed))
+    sizes, centres = draw_placement(n, spec, g)  # (N,), (N, 2)
+    H = spec.canvas_size
+    x = torch.empty(n, 1, H, H)  # (N, 1, H, W)
+    for start in range(0, n, _TEST_CHUNK):
+        stop = min(n, start + _TEST_CHUNK)
+        x[start:stop] = render(digits.images[start:stop], sizes[start:stop],
+                               centres[start:stop], H)
+    return x, digits.labels[:n].clone()

@@ -1,0 +1,143 @@
+"""The command line end to end on tiny sizes, and its answers to bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from wsram.cli import main
+from wsram.runs import read_metrics
+
+TINY = ["--canvas-size", "32", "--digit-min", "10", "--digit-max", "20", "--hidden", "16",
+        "--patch", "6", "--context-size", "8", "--glimpses", "2", "--batch-size", "8",
+        "--samples", "3", "--eval-size", "20", "--test-size", "30", "--eval-samples", "2",
+        "--log-every", "5", "--eval-every", "10", "--checkpoint-every", "10", "--no-progress"]
+
+
+def wsram(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.run([sys.executable, "-m", "wsram", *args], capture_output=True, text=True,
+                       env=env, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_train_evaluate_show_end_to_end(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    wsram("train", "--run-dir", str(run), "--method", "wsram+q+c", "--steps", "20", *TINY)
+    for f in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt"):
+        assert (run / f).is_file(), f
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows if "train/error" in r] == [5, 10, 15, 20]
+    assert all(1 <= r["train/ess"] <= 3 for r in rows if "train/ess" in r)
+    out = wsram("evaluate", str(run)).stdout
+    assert "one sampled trajectory" in out and "deterministic policy" in out
+    res = json.loads((run / "eval.json").read_text())
+    for key in ("test_error_sampled", "test_error_mc", "test_error_deterministic"):
+        assert 0 <= res[key] <= 1
+    assert res["test_images"] == 30
+    wsram("show", str(run), "--num", "4")
+    png = (run / "glimpses.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.parametrize("method", ["var", "var+c", "wsram", "wsram+c", "wsram+q", "vimco"])
+def test_every_method_trains(capsys, tmp_path: Path, method: str) -> None:
+    code, out, err = cli(capsys, "train", "--run-dir", str(tmp_path), "--method", method,
+                         "--steps", "6", "--temperature", "1.5", "--coverage", "0.1",
+                         "--entropy", "0.01", *TINY)
+    assert code == 0, err
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["step"] == 6 and 0 <= last["eval/test_error_mc"] <= 1
+
+
+def test_resume_continues_exactly(capsys, tmp_path: Path) -> None:
+    common = ["--method", "var+c", *TINY]
+    assert cli(capsys, "train", "--run-dir", str(tmp_path / "a"), "--steps", "20", *common)[0] == 0
+    assert cli(capsys, "train", "--run-dir", str(tmp_path / "b"), "--steps", "10", *common)[0] == 0
+    assert cli(capsys, "train", "--run-dir", str(tmp_path / "b"), "--steps", "20", "--resume",
+               "--no-progress")[0] == 0
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(tmp_path / "a")]
+    assert strip == [{k: v for k, v in r.items() if k != "time"}
+                     for r in read_metrics(tmp_path / "b")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "reinforce"], "unknown method 'reinforce'"),
+    (["--samples", "0"], "samples: K must be at least 1"),
+    (["--steps", "-5"], "steps: must be >= 0"),
+    (["--steps", "ten"], "steps: expected int"),
+    (["--digit-max", "40"], "does not fit"),
+    (["--scales", "0.5", "1.5"], "scales: each scale"),
+    (["--method", "vimco", "--samples", "1"], "vimco needs K >= 2"),
+    (["--lr", "nan"], "lr: expected float"),
+    (["--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
+])
+def test_bad_options_get_one_line_and_exit_2(capsys, tmp_path: Path, args, message) -> None:
+    code, out, err = cli(capsys, "train", "--run-dir", str(tmp_path / "r"), "--steps", "3",
+                         *TINY, *args)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_config_file_unknown_key_and_bad_yaml(capsys, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: wsram\nhiden: 32\n")
+    code, _, err = cli(capsys, "train", "--run-dir", str(tmp_path / "r"), "--config", str(cfg))
+    assert code == 2 and "unknown config key 'hiden'; did you mean 'hidden'?" in err
+    cfg.write_text("method: [wsram\n")
+    code, _, err = cli(capsys, "train", "--run-dir", str(tmp_path / "r"), "--config", str(cfg))
+    assert code == 2 and "not valid YAML" in err
+    code, _, err = cli(capsys, "train", "--run-dir", str(tmp_path / "r"), "--config",
+                       str(tmp_path / "missing.yaml"))
+    assert code == 2 and "no such config file" in err
+
+
+def test_run_folders_are_not_clobbered_and_bad_runs_are_refused(capsys, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "--run-dir", str(run), "--steps", "2", *TINY)[0] == 0
+    before = (run / "last.pt").read_bytes()
+    code, _, err = cli(capsys, "train", "--run-dir", str(run), "--steps", "2", *TINY)
+    assert code == 2 and "already holds a run" in err
+    assert (run / "last.pt").read_bytes() == before
+    # A truncated checkpoint, a foreign model and a file that would run code are refused.
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
+    (tmp_path / "cut" / "last.pt").write_bytes(before[: len(before) // 2])
+    code, _, err = cli(capsys, "evaluate", str(tmp_path / "cut"))
+    assert code == 2 and "truncated or not a checkpoint" in err
+    (tmp_path / "cut" / "config.yaml").write_text(
+        (run / "config.yaml").read_text().replace("hidden: 16", "hidden: 32"))
+    (tmp_path / "cut" / "last.pt").write_bytes(before)
+    code, _, err = cli(capsys, "evaluate", str(tmp_path / "cut"))
+    assert code == 2 and "different model: hidden=16 (expected 32)" in err
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"format": "wsram-checkpoint-v1", "x": Evil()}, tmp_path / "cut" / "last.pt")
+    code, _, err = cli(capsys, "evaluate", str(tmp_path / "cut"))
+    assert code == 2 and "refused" in err and not (tmp_path / "pwned").exists()
+    code, _, err = cli(capsys, "evaluate", str(tmp_path / "nothing-here"))
+    assert code == 2 and "no such run folder" in err
+    code, _, err = cli(capsys, "train", "--run-dir", str(tmp_path / "new"), "--resume")
+    assert code == 2 and "nothing to resume" in err

@@ -1,0 +1,174 @@
+"""The attention model: sensor geometry, policy densities, and which parameters each loss
+trains (METHOD.md, Architecture)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wsram.glimpse import GlimpseSensor
+from wsram.methods import METHODS
+from wsram.models import AttentionModel
+from wsram.policy import ActionDist
+
+H = 60
+
+
+def ramp(n: int = H) -> torch.Tensor:
+    """Canvas whose pixel value is the normalised x coordinate of its centre: (1, 1, n, n)."""
+    u = (torch.arange(n, dtype=torch.float32) * 2 + 1) / n - 1
+    return u.expand(n, n).reshape(1, 1, n, n).clone()
+
+
+def read(sensor: GlimpseSensor, x: torch.Tensor, loc, scale) -> torch.Tensor:
+    loc = torch.as_tensor(loc, dtype=torch.float32).reshape(x.shape[0], -1, 2)
+    scale = torch.as_tensor(scale).reshape(x.shape[0], -1)
+    return sensor(sensor.pyramid(x), loc, scale)
+
+
+@pytest.mark.parametrize("scale_idx", [0, 1, 2])
+@pytest.mark.parametrize("lx", [-0.5, 0.0, 0.3])
+def test_sensor_reads_where_and_how_wide_it_is_told(scale_idx: int, lx: float) -> None:
+    scales = [0.2, 0.4, 0.8]
+    sensor = GlimpseSensor(H, 8, scales)
+    s = scales[scale_idx]
+    if abs(lx) + s > 1:
+        pytest.skip("patch would leave the canvas")
+    p = read(sensor, ramp(), [lx, 0.1], [scale_idx])[0, 0, 0]  # (G, G)
+    # On a linear ramp, the patch mean is the ramp at the patch centre...
+    assert p.mean().item() == pytest.approx(lx, abs=0.02)
+    # ...and the patch spans `s` of the canvas: left-to-right rise of about 2 s (G-1)/G.
+    rise = (p[:, -1] - p[:, 0]).mean().item()
+    assert rise == pytest.approx(2 * s * 7 / 8, rel=0.1)
+    # Rows are identical: the ramp is horizontal, so the sensor does not swap the axes.
+    assert torch.allclose(p, p[:1].expand_as(p), atol=1e-5)
+
+
+def test_sensor_sees_a_square_only_when_looking_at_it() -> None:
+    x = torch.zeros(1, 1, H, H)
+    x[..., 10:20, 40:50] = 1.0  # rows 10..19 (top), columns 40..49 (right)
+    sensor = GlimpseSensor(H, 6, [0.1, 0.5])
+    cy, cx = (15 * 2) / H - 1, (45 * 2) / H - 1  # the square's centre, normalised
+    inside = read(sensor, x, [cx, cy], [0])
+    assert inside.min().item() > 0.99
+    elsewhere = read(sensor, x, [-cx, -cy], [0])
+    assert elsewhere.abs().max().item() == 0
+    off_canvas = read(sensor, x, [3.0, 3.0], [1])
+    assert off_canvas.abs().max().item() == 0
+    # A wide glimpse around the square sees it, diluted by the black around it.
+    wide = read(sensor, x, [cx, cy], [1])
+    assert 0 < wide.mean().item() < 0.5
+
+
+def test_sensor_batches_without_crosstalk() -> None:
+    torch.manual_seed(0)
+    sensor = GlimpseSensor(H, 5, [0.2, 0.5, 1.0])
+    x = torch.rand(3, 2, H, H)
+    loc = torch.rand(3, 4, 2) * 2 - 1
+    scale = torch.randint(0, 3, (3, 4))
+    batched = sensor(sensor.pyramid(x), loc, scale)  # (3, 4, 2, 5, 5)
+    for b in range(3):
+        for k in range(4):
+            one = read(sensor, x[b:b + 1], loc[b, k], scale[b, k])[0, 0]
+            assert torch.allclose(batched[b, k], one, atol=1e-6)
+
+
+def test_policy_log_prob_and_entropy_match_torch_distributions() -> None:
+    torch.manual_seed(1)
+    mean = torch.tanh(torch.randn(4, 3, 2))
+    logits = torch.randn(4, 3, 5)
+    for t in (1.0, 2.5):
+        d = ActionDist(mean, 0.2, logits).tempered(t)
+        loc, scale = d.sample()
+        normal = torch.distributions.Normal(mean, 0.2 * t)
+        cat = torch.distributions.Categorical(logits=logits / t)
+        expected = normal.log_prob(loc).sum(-1) + cat.log_prob(scale)
+        assert torch.allclose(d.log_prob(loc, scale), expected, atol=1e-5)
+        assert torch.allclose(d.entropy(), normal.entropy().sum(-1) + cat.entropy(), atol=1e-5)
+
+
+def test_coverage_penalty_is_zero_for_uniform_and_large_for_collapsed_locations() -> None:
+    g = torch.linspace(-0.75, 0.75, 4)
+    centres = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
+    spread = ActionDist(centres, 0.01, torch.zeros(16, 3)).coverage_penalty(cells=4)
+    assert spread.item() == pytest.approx(0.0, abs=1e-4)
+    collapsed = ActionDist(torch.zeros(16, 2) + 0.25, 0.01, torch.zeros(16, 3)).coverage_penalty(4)
+    assert collapsed.item() == pytest.approx(math.log(16), rel=1e-3)
+
+
+def tiny_model() -> AttentionModel:
+    torch.manual_seed(0)
+    return AttentionModel(canvas_size=32, glimpses=2, patch=4, scales=[0.25, 0.5], hidden=16,
+                          context_size=8, loc_std=0.2, num_classes=3)
+
+
+def grad_owners(model: AttentionModel, loss: torch.Tensor) -> set[str]:
+    """Top-level modules whose parameters get a non-zero gradient from ``loss``."""
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n.split(".")[0] for n, p in model.named_parameters()
+            if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+THETA = {"context", "glimpse_what", "glimpse_where", "core1", "core2", "emission", "classifier"}
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(2)
+    return torch.rand(6, 1, 32, 32), torch.randint(0, 3, (6,))
+
+
+@pytest.mark.parametrize("name, owners", [
+    ("var", THETA),
+    ("var+c", THETA | {"baseline"}),
+    ("wsram", THETA),
+    ("wsram+c", THETA),
+    ("wsram+q", THETA | {"inference"}),
+    ("wsram+q+c", THETA | {"inference"}),
+    ("vimco", THETA),
+])
+def test_each_method_trains_exactly_its_parameter_groups(name: str, owners: set[str]) -> None:
+    model, (x, y) = tiny_model(), batch()
+    method = METHODS[name]
+    r = model.rollout(x, y, 4, proposal=method.proposal)
+    assert grad_owners(model, method.objective(r).loss) == owners
+
+
+def test_which_log_probability_reaches_which_parameters() -> None:
+    model, (x, y) = tiny_model(), batch()
+    r = model.rollout(x, y, 3, proposal="q")
+    # Classifier likelihood: actions are samples, so no gradient reaches the policy (emission).
+    assert "emission" not in grad_owners(model, r.log_lik.sum())
+    assert "classifier" in grad_owners(model, model.rollout(x, y, 3).log_lik.sum())
+    # The prior's log-density trains the policy and the recurrent state, never the classifier.
+    r = model.rollout(x, y, 3, proposal="q")
+    owners = grad_owners(model, r.log_prior.sum())
+    assert {"emission", "core2"} <= owners and "classifier" not in owners
+    # q reads the top layer with gradient stopped: its density trains eta alone.
+    r = model.rollout(x, y, 3, proposal="q")
+    assert grad_owners(model, r.log_sampler.sum()) == {"inference"}
+    # The baseline reads stopped context features: its fit trains the baseline alone.
+    r = model.rollout(x, y, 3)
+    assert grad_owners(model, (r.baseline ** 2).sum()) == {"baseline"}
+
+
+def test_parameter_groups_partition_the_model() -> None:
+    model = tiny_model()
+    groups = [model.theta(), model.eta(), model.baseline_params()]
+    ids = [id(p) for g in groups for p in g]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+def test_rollout_shapes_and_temperature_densities() -> None:
+    model, (x, y) = tiny_model(), batch()
+    r = model.rollout(x, y, 5, proposal="prior", temperature=2.0)
+    assert r.class_log_probs.shape == (6, 5, 3)
+    assert r.locs.shape == (6, 5, 2, 2) and r.scales.shape == (6, 5, 2)
+    # Tempered sampling: the sampler's density differs from the untempered prior's.
+    assert not torch.allclose(r.log_sampler, r.log_prior)
+    r1 = model.rollout(x, y, 5)
+    assert r1.sampled_from_prior and r1.log_sampler is r1.log_prior
+    det = model.rollout(x, None, 2, deterministic=True)
+    assert torch.equal(det.locs[:, 0], det.locs[:, 1]) and det.log_lik is None
