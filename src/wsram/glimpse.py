@@ -52,7 +52,7 @@ class GlimpseSensor(torch.nn.Module):
         B, K, _ = loc.shape
         G = self.patch
         out = None
-        for s, (scale, level) in enumerate(zip(self.scales, levels)):
+        for s, (scale, level) in enumerate(zip(self.scales, levels, strict=True)):
             # (B, K, G, G, 2): base grid scaled to the patch size and moved to the location
             grid = self.base_grid * scale + loc[:, :, None, None, :]
             p = F.grid_sample(
