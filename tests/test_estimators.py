@@ -537,7 +537,7 @@ ESTIMATOR_CALLS: dict[str, Callable[[Tensor, Tensor, Tensor], EstimatorOutput]] 
     "ws_q": lambda ll, lp, lq: wake_sleep(ll, lp, lq),
     "ws_q_nocv": lambda ll, lp, lq: wake_sleep(ll, lp, lq, control_variate=False),
     "var": lambda ll, lp, lq: variational(ll, lp),
-    "var_baseline": lambda ll, lp, lq: variational(ll, lp, baseline=ll.mean(-1)),
+    "var_baseline": lambda ll, lp, lq: variational(ll, lp, baseline=ll.detach().mean(-1)),
     "vimco": lambda ll, lp, lq: vimco(ll, lp),
 }
 
@@ -557,6 +557,40 @@ def test_log_weights_ess_and_bound(name: str) -> None:
     assert out.ess.shape == (ll.shape[0],)
     assert torch.all(out.ess >= 1.0 - 1e-12) and torch.all(out.ess <= k + 1e-12)
     torch.testing.assert_close(out.bound, torch.logsumexp(expected_log_w, -1) - math.log(k))
+
+
+def method_coefficients(name: str, ll: Tensor, lp: Tensor, lq: Tensor) -> list[Tensor]:
+    """Per-sample coefficients of d log p(y|a^k), d log p(a^k), d log q(a^k) in METHOD.md."""
+    k = ll.shape[1]
+    zero = torch.zeros_like(ll)
+    if name.startswith("var"):  # M3, b = 0 or the batch's mean reward
+        b = ll.mean(-1, keepdim=True) if name == "var_baseline" else 0.0
+        return [torch.full_like(ll, 1.0 / k), (ll - b) / k, zero]
+    if name == "vimco":  # leave-one-out: L_K - L_K^(-k), written as a loop over k
+        bound = torch.logsumexp(ll, -1) - math.log(k)
+        reward = torch.empty_like(ll)
+        for j in range(k):
+            loo = ll.clone()
+            loo[:, j] = (ll.sum(-1) - ll[:, j]) / (k - 1)
+            reward[:, j] = bound - (torch.logsumexp(loo, -1) - math.log(k))
+        return [ll.softmax(-1), reward, zero]
+    with_q = name.startswith("ws_q")
+    w = (ll + lp - lq).softmax(-1) if with_q else ll.softmax(-1)  # M5, M6
+    if name.endswith("nocv"):  # M7, M9
+        return [w, w, w if with_q else zero]
+    if with_q:  # M11, M12
+        return [w, w - (lp - lq).softmax(-1), w - 1.0 / k]
+    return [w, w - 1.0 / k, zero]  # M11 with r = prior
+
+
+@pytest.mark.parametrize("name", list(ESTIMATOR_CALLS))
+def test_surrogate_coefficients_match_method(name: str) -> None:
+    """d loss / d (log_lik, log_prior, log_proposal) is -1/B times the coefficients of M3-M12."""
+    ll, lp, lq = _random_inputs()
+    inputs = [t.clone().requires_grad_() for t in (ll, lp, lq)]
+    grads = flat_grads(ESTIMATOR_CALLS[name](*inputs).loss, inputs)
+    for got, want in zip(grads, method_coefficients(name, ll, lp, lq), strict=True):
+        torch.testing.assert_close(-ll.shape[0] * got, want)
 
 
 @pytest.mark.parametrize("k", [2, 5])
