@@ -51,12 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampled", action="store_true",
                    help="draw one sampled trajectory instead of the deterministic policy")
     s.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    c = sub.add_parser("compare", help="train the paper's variants alike; tables and figures")
+    c.add_argument("--out", help="folder for the runs, results.md/json and figures")
+    c.add_argument("--config", help="YAML file of config keys shared by every variant")
+    c.add_argument("--jobs", type=int, default=1, help="variants trained in parallel processes")
+    c.add_argument("--no-explore", action="store_true",
+                   help="skip the exploration-heuristics study (paper Figure 4)")
+    c.add_argument("--plot-only", metavar="DIR",
+                   help="redraw tables and figures of DIR from its files; train nothing")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_options(c)
     return parser
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
     base = {}
-    if args.resume:
+    if getattr(args, "resume", False):
         cfg_path = Path(args.run_dir) / "config.yaml"
         if not cfg_path.is_file():
             raise WsramError(f"{args.run_dir}: nothing to resume (no config.yaml)")
@@ -95,6 +105,25 @@ def run(argv: list[str] | None = None) -> int:
         print(f"  test error, deterministic policy:          "
               f"{res['test_error_deterministic']:.2%}")
         print(f"  written to {Path(args.run_dir) / 'eval.json'}")
+    elif args.command == "compare":
+        from .compare import compare, default_variants, write_results
+
+        if args.plot_only:
+            if not Path(args.plot_only).is_dir():
+                raise WsramError(f"{args.plot_only}: no such comparison folder")
+            res = write_results(args.plot_only)
+            out = Path(args.plot_only)
+        else:
+            if not args.out:
+                raise WsramError("compare: give --out DIR (or --plot-only DIR)")
+            _positive("jobs", args.jobs)
+            res = compare(_config_from_args(args), args.out,
+                          default_variants(explore=not args.no_explore), jobs=args.jobs,
+                          progress=not args.no_progress)
+            out = Path(args.out)
+        print((out / "results.md").read_text())
+        print(f"wrote {out / 'results.md'}, {out / 'results.json'} and figures in {out}")
+        del res
     elif args.command == "show":
         from .plots import show_glimpses
 

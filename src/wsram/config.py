@@ -53,6 +53,9 @@ class Config:
     eval_every: int = 1000  # updates between test evaluations (0 = only at the end)
     eval_size: int = 500  # test canvases used by evaluations during training
     log_every: int = 50  # updates between lines of metrics.jsonl
+    diag_every: int = 500  # updates between diagnostics (gradient variance, ...); 0 = never
+    diag_batch: int = 64  # images in the fixed minibatch the diagnostics use
+    diag_repeats: int = 10  # R, independent gradient estimates for the gradient variance
     checkpoint_every: int = 500  # updates between checkpoints (last.pt)
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
     seed: int = 0
@@ -103,7 +106,9 @@ class Config:
         need(self.temperature > 0, f"temperature: must be > 0, got {self.temperature}")
         need(self.coverage >= 0 and self.entropy >= 0, "coverage, entropy: must be >= 0")
         need(self.eval_samples >= 1, f"eval_samples: must be >= 1, got {self.eval_samples}")
-        for name in ("eval_every", "log_every", "checkpoint_every"):
+        need(self.diag_batch >= 1, f"diag_batch: must be >= 1, got {self.diag_batch}")
+        need(self.diag_repeats >= 2, f"diag_repeats: need R >= 2, got {self.diag_repeats}")
+        for name in ("eval_every", "log_every", "checkpoint_every", "diag_every"):
             need(getattr(self, name) >= 0, f"{name}: must be >= 0")
         need(self.log_every >= 1, f"log_every: must be >= 1, got {self.log_every}")
         need(self.eval_size >= 1, f"eval_size: must be >= 1, got {self.eval_size}")

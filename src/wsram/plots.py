@@ -59,3 +59,101 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
     atomic_write_bytes(out, write)
     plt.close(fig)
     return out
+
+
+# One colour per method, the same in every figure; "+explore" variants are dashed.
+METHOD_COLOURS = {"var": "#9ecae1", "var+c": "#08519c", "wsram": "#fdae6b",
+                  "wsram+c": "#d94801", "wsram+q": "#a1d99b", "wsram+q+c": "#006d2c",
+                  "vimco": "#756bb1"}
+
+
+def _style(name: str) -> dict:
+    base = name.replace("+explore", "")
+    return {"color": METHOD_COLOURS.get(base, "#444444"),
+            "linestyle": "--" if name.endswith("+explore") else "-", "linewidth": 1.6,
+            "label": name}
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows if key in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _smooth(v: list[float], w: int = 5) -> list[float]:
+    return [sum(v[max(0, i - w + 1):i + 1]) / len(v[max(0, i - w + 1):i + 1])
+            for i in range(len(v))]
+
+
+def _save(fig, path: Path) -> None:
+    from .checkpoint import atomic_write_bytes
+
+    fig.tight_layout()
+    atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def plot_comparison(out_dir: str | Path, names: list[str]) -> list[Path]:
+    """figure2.png (training error, gradient variance, ESS against updates) and
+    figure4_exploration.png (heuristics on/off, and glimpse-scale usage)."""
+    from .runs import read_metrics
+
+    out_dir = Path(out_dir)
+    rows = {n: read_metrics(out_dir / n) for n in names}
+    main = [n for n in names if not n.endswith("+explore")]
+    written = []
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    for n in main:
+        s, e = _series(rows[n], "train/error")
+        axes[0].plot([x / 1000 for x in s], _smooth(e), **_style(n))
+        s, v = _series(rows[n], "diag/grad_var")
+        axes[1].plot([x / 1000 for x in s], v, marker="o", markersize=3, **_style(n))
+        s, v = _series(rows[n], "diag/ess")
+        axes[2].plot([x / 1000 for x in s], v, marker="o", markersize=3, **_style(n))
+    k = next((r.get("samples") for r in [_config(out_dir / n) for n in names] if r), None)
+    axes[0].set(title="Training error", xlabel="updates (thousands)",
+                ylabel="error (one sampled trajectory)")
+    axes[1].set(title="Variance of the gradient estimate", xlabel="updates (thousands)",
+                ylabel="trace of covariance", yscale="log")
+    axes[2].set(title="Effective sample size", xlabel="updates (thousands)",
+                ylabel=f"ESS (max K = {k})" if k else "ESS")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    _save(fig, out_dir / "figure2.png")
+    written.append(out_dir / "figure2.png")
+
+    pairs = [n for n in names if n.endswith("+explore")]
+    if pairs:
+        study = [p.replace("+explore", "") for p in pairs] + pairs
+        study = [n for n in study if n in rows]
+        fig, axes = plt.subplots(1, 1 + len(study), figsize=(4.4 * (1 + len(study)), 4.2),
+                                 squeeze=False)
+        axes = axes[0]
+        for n in study:
+            s, e = _series(rows[n], "train/error")
+            axes[0].plot([x / 1000 for x in s], _smooth(e), **_style(n))
+        axes[0].set(title="Exploration heuristics", xlabel="updates (thousands)",
+                    ylabel="training error")
+        axes[0].legend(fontsize=8)
+        axes[0].grid(alpha=0.3)
+        for ax, n in zip(axes[1:], study, strict=True):
+            scales = (_config(out_dir / n) or {}).get("scales", [])
+            for i, sc in enumerate(scales):
+                s, v = _series(rows[n], f"diag/scale{i}")
+                ax.plot([x / 1000 for x in s], v, marker="o", markersize=3,
+                        label=f"scale {sc:g}")
+            ax.set(title=f"{n}: glimpse scales used", xlabel="updates (thousands)",
+                   ylabel="fraction of glimpses", ylim=(-0.02, 1.02))
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        _save(fig, out_dir / "figure4_exploration.png")
+        written.append(out_dir / "figure4_exploration.png")
+    return written
+
+
+def _config(run_dir: Path) -> dict | None:
+    import yaml
+
+    p = run_dir / "config.yaml"
+    return yaml.safe_load(p.read_text()) if p.is_file() else None

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .config import Config
 from .data import CanvasGenerator, CanvasSpec, load_digits
+from .diagnostics import diagnose
 from .errors import WsramError
 from .evaluate import test_errors
 from .methods import METHODS
@@ -89,14 +90,17 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict[str
     torch.manual_seed(cfg.seed)
     method = METHODS[cfg.method]
     spec = CanvasSpec(cfg.canvas_size, cfg.digit_min, cfg.digit_max)
-    canvases = CanvasGenerator(load_digits("train", cfg.data_dir), spec, seed=cfg.seed + 1,
-                               device=device)
+    train_digits = load_digits("train", cfg.data_dir)
+    canvases = CanvasGenerator(train_digits, spec, seed=cfg.seed + 1, device=device)
     x_eval, y_eval = test_set(cfg, cfg.eval_size)
+    # The diagnostics' fixed minibatch: a stream of its own, so training's is untouched.
+    x_diag, y_diag = CanvasGenerator(train_digits, spec, seed=cfg.seed + 2,
+                                     device=device).sample(cfg.diag_batch)
     model = build_model(cfg).to(device)
     opt = torch.optim.Adam([{"params": model.theta()}, {"params": model.eta()}], lr=cfg.lr)
     opt_b = torch.optim.Adam(model.baseline_params(), lr=cfg.baseline_lr)
 
-    step, best, nonfinite_run, nonfinite_total = 0, math.inf, 0, 0
+    step, best, nonfinite_run, nonfinite_total, elapsed = 0, math.inf, 0, 0, 0.0
     if resume:
         state = checkpoint.load(run_dir / "last.pt", map_location=device)
         checkpoint.check_model_config(run_dir / "last.pt", state["config"], cfg.model_dict())
@@ -108,6 +112,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict[str
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         step, best = int(state["step"]), float(state["best"])
+        elapsed = float(state.get("elapsed", 0.0))
         nonfinite_total = int(state.get("nonfinite_total", 0))
         _truncate_metrics(run_dir / "metrics.jsonl", step)
     save_config(cfg, run_dir)
@@ -118,6 +123,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict[str
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "baseline_optimizer": opt_b.state_dict(), "canvas_rng": canvases.state_dict(),
             "torch_rng": torch.get_rng_state(), "nonfinite_total": nonfinite_total,
+            "elapsed": elapsed + time.perf_counter() - t_start,
         }
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
@@ -204,12 +210,17 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict[str
             if step % cfg.log_every == 0 or step == cfg.steps:
                 last_row = {"step": step, **{f"train/{k}": v / count for k, v in sums.items()},
                             "train/nonfinite_total": nonfinite_total,
-                            "time": time.perf_counter() - t_start}
+                            "time": elapsed + time.perf_counter() - t_start}
                 log(last_row)
                 sums, count = {}, 0
                 bar.set_postfix(err=f"{ema_err:.3f}", ess=f"{vals['ess']:.2f}")
 
-            # --- eval and checkpoint ---
+            # --- diagnostics, eval and checkpoint ---
+            if cfg.diag_every and step % cfg.diag_every == 0:
+                diag = diagnose(model, method, x_diag, y_diag, cfg.samples, cfg.diag_repeats,
+                                seed=cfg.seed * 1_000_003 + step, temperature=cfg.temperature,
+                                gamma=cfg.cv_gamma)
+                log({"step": step, **{f"diag/{k}": v for k, v in diag.items()}})
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 evaluate()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:

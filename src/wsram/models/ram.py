@@ -3,7 +3,7 @@
 Parameter groups, by who trains them:
 - theta (prediction network): context, glimpse, core, emission, classifier;
 - eta (inference network q(a|x,y)): ``inference``;
-- the VAR baseline b(x, y): ``baseline``.
+- the VAR baseline b(x): ``baseline``.
 The inference network and the baseline read theta's features with gradient stopped, so
 their losses never move theta. The model computes log-probabilities, never a loss.
 """
@@ -36,7 +36,7 @@ class Rollout:
     locs:            (B, K, N, 2)
     scales:          (B, K, N)
     prior_dists:     per-glimpse prior distributions (for the coverage regulariser)
-    baseline:        (B,)        predicted reward b(x, y), when y was given
+    baseline:        (B,)        predicted reward b(x), when y was given
     """
 
     class_log_probs: Tensor
@@ -92,18 +92,18 @@ class AttentionModel(nn.Module):
         # theta: emission of the next action from the top layer, classifier from layer 1
         self.emission = nn.Linear(hidden, 2 + S)
         self.classifier = nn.Linear(hidden, num_classes)
-        # eta: inference network q(a_n | x, y, a_<n) from (stopped) top layer + label
+        # eta: inference network q(a_n | x, y, a_<n) from (stopped) top layer + label. It
+        # outputs a correction to the prior's (stopped) emission, zero at initialisation, so
+        # that q starts as the prior and learns where the label says the prior is wrong.
         self.inference = nn.ModuleDict({
             "label": nn.Embedding(num_classes, hidden),
             "state": nn.Linear(hidden, hidden),
             "out": nn.Linear(hidden, 2 + S),
         })
-        # VAR "+c": baseline network b(x, y) regressed on the reward log p(y|a,x)
-        self.baseline = nn.ModuleDict({
-            "label": nn.Embedding(num_classes, hidden),
-            "state": nn.Linear(hidden, hidden),
-            "out": nn.Linear(hidden, 1),
-        })
+        nn.init.zeros_(self.inference["out"].weight)
+        nn.init.zeros_(self.inference["out"].bias)
+        # VAR "+c": input-dependent baseline b(x) regressed on the reward log p(y|a,x) (M3)
+        self.baseline = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     # --- parameter groups ---
     def theta(self) -> list[nn.Parameter]:
@@ -122,18 +122,20 @@ class AttentionModel(nn.Module):
         low = F.interpolate(x, size=(self.context_size,) * 2, mode="area")
         return self.context(low)
 
-    def _split(self, out: Tensor, loc_std: float) -> ActionDist:
-        return ActionDist(torch.tanh(out[..., :2]), loc_std, out[..., 2:])
+    def _split(self, out: Tensor) -> ActionDist:
+        return ActionDist(torch.tanh(out[..., :2]), self.loc_std, out[..., 2:])
 
-    def prior_step(self, h2: Tensor) -> ActionDist:
-        """p(a_n | x, a_<n) from the top layer: (B, K, D) -> dist over (B, K)."""
-        return self._split(self.emission(h2), self.loc_std)
+    def prior_step(self, h2: Tensor) -> tuple[ActionDist, Tensor]:
+        """p(a_n | x, a_<n) from the top layer: (B, K, D) -> (dist over (B, K), raw outputs)."""
+        out = self.emission(h2)
+        return self._split(out), out
 
-    def proposal_step(self, h2: Tensor, label_emb: Tensor) -> ActionDist:
-        """q(a_n | x, y, a_<n): reads the top layer with gradient stopped."""
+    def proposal_step(self, h2: Tensor, prior_out: Tensor, label_emb: Tensor) -> ActionDist:
+        """q(a_n | x, y, a_<n): the prior's outputs plus a label-aware correction, all read
+        with gradient stopped so that q's update never moves theta."""
         q = self.inference
         h = F.relu(q["state"](h2.detach()) + label_emb)
-        return self._split(q["out"](h), self.loc_std)
+        return self._split(prior_out.detach() + q["out"](h))
 
     def glimpse_features(self, patches: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
         """(B, K, C, G, G), (B, K, 2), (B, K) -> (B, K, D)."""
@@ -141,10 +143,9 @@ class AttentionModel(nn.Module):
         where_in = torch.cat([loc, F.one_hot(scale, self.num_scales).to(loc.dtype)], -1)
         return what * F.relu(self.glimpse_where(where_in))
 
-    def predict_baseline(self, context: Tensor, y: Tensor) -> Tensor:
-        """b(x, y), (B,), from the stopped context features and the label."""
-        b = self.baseline
-        return b["out"](F.relu(b["state"](context.detach()) + b["label"](y))).squeeze(-1)
+    def predict_baseline(self, context: Tensor) -> Tensor:
+        """b(x), (B,), from the context features with gradient stopped."""
+        return self.baseline(context.detach()).squeeze(-1)
 
     def rollout(
         self,
@@ -177,8 +178,9 @@ class AttentionModel(nn.Module):
         locs, scales, prior_dists = [], [], []
         prior_is_sampler = proposal == "prior" and temperature == 1.0
         for _ in range(self.glimpses):
-            prior = self.prior_step(h2)
-            sampler = prior if proposal == "prior" else self.proposal_step(h2, label_emb)
+            prior, prior_out = self.prior_step(h2)
+            sampler = prior if proposal == "prior" else self.proposal_step(h2, prior_out,
+                                                                          label_emb)
             sampler = sampler.tempered(temperature)
             loc, scale = sampler.mode() if deterministic else sampler.sample()
             lp = prior.log_prob(loc, scale)
@@ -198,7 +200,7 @@ class AttentionModel(nn.Module):
         log_lik = baseline = None
         if y is not None:
             log_lik = class_log_probs.gather(-1, y.view(B, 1, 1).expand(B, K, 1)).squeeze(-1)
-            baseline = self.predict_baseline(context, y)
+            baseline = self.predict_baseline(context)
         return Rollout(
             class_log_probs=class_log_probs,
             log_lik=log_lik,
