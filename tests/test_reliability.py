@@ -1,0 +1,202 @@
+"""Crash safety, non-finite losses, run-folder locks, determinism, and fuzzed configs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wsram import methods
+from wsram.config import Config, field_names, load_yaml, make_config
+from wsram.errors import ConfigError, WsramError
+from wsram.estimators import variational
+from wsram.runs import RunLock, read_metrics
+from wsram.train import train
+
+TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, context_size=8,
+            glimpses=2, batch_size=8, samples=3, eval_size=20, test_size=30, eval_samples=2,
+            log_every=1, eval_every=10, checkpoint_every=4, diag_every=5, diag_batch=8,
+            diag_repeats=3, method="wsram+q+c", threads=1)
+
+
+def tiny(**kw) -> Config:
+    return make_config({**TINY, **kw})
+
+
+def without_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
+
+
+def final_state(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "last.pt", weights_only=True)["model"]
+
+
+def test_same_seed_same_metrics(tmp_path: Path) -> None:
+    train(tiny(steps=12), tmp_path / "a", progress=False)
+    train(tiny(steps=12), tmp_path / "b", progress=False)
+    train(tiny(steps=12, seed=1), tmp_path / "c", progress=False)
+    a, b, c = (without_time(read_metrics(tmp_path / n)) for n in "abc")
+    assert a == b and a != c
+
+
+def _train_cmd(run: Path, steps: int, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "wsram", "train", "--run-dir", str(run), "--steps", str(steps),
+           "--no-progress"]
+    if resume:
+        return cmd + ["--resume"]
+    for k, v in TINY.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    return cmd
+
+
+def _last_step(run: Path) -> int:
+    rows = read_metrics(run)
+    return max((r["step"] for r in rows), default=0)
+
+
+def test_sigkill_at_several_points_then_resume_is_bit_exact(tmp_path: Path) -> None:
+    steps = 40
+    ref = tmp_path / "ref"
+    subprocess.run(_train_cmd(ref, steps, False), check=True, capture_output=True, timeout=300)
+
+    run = tmp_path / "killed"
+    kills = 0
+    for target in (6, 17, 29):
+        proc = subprocess.Popen(_train_cmd(run, steps, kills > 0), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while _last_step(run) < target and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert (run / "last.pt").is_file()
+    assert kills >= 2, "training finished before it could be killed"
+    subprocess.run(_train_cmd(run, steps, True), check=True, capture_output=True, timeout=300)
+
+    a, b = final_state(ref), final_state(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert without_time(read_metrics(ref)) == without_time(read_metrics(run))
+    assert not list(run.glob(".*.tmp")), "a temporary checkpoint file was left behind"
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(run, 100000, False), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    while _last_step(run) < 5 and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    saved = torch.load(run / "last.pt", weights_only=True)["step"]
+    assert saved >= 5 and json.loads(out.strip().splitlines()[-1])["stopped_early"] is True
+
+
+def _nan_on(bad_steps: set[int] | None, from_step: int | None = None):
+    calls = {"n": 0}
+
+    def estimator(r, cv, gamma):
+        calls["n"] += 1
+        out = variational(r.log_lik, r.log_sampler)
+        if (bad_steps and calls["n"] in bad_steps) or (from_step and calls["n"] >= from_step):
+            out.loss = out.loss * math.nan
+        return out
+
+    return methods.Method("var", "prior", False, estimator, "VAR")
+
+
+def test_nonfinite_losses_are_skipped_and_counted(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(methods.METHODS, "var", _nan_on({3, 4, 9}))
+    row = train(tiny(method="var", steps=10, diag_every=0), tmp_path, progress=False)
+    assert row["step"] == 10 and row["train/nonfinite_total"] == 3
+    assert all(torch.isfinite(v).all() for v in final_state(tmp_path).values())
+
+
+def test_nonfinite_in_a_row_stops_with_the_last_good_checkpoint(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    monkeypatch.setitem(methods.METHODS, "var", _nan_on(None, from_step=7))
+    with pytest.raises(WsramError, match="5 non-finite losses or gradients in a row"):
+        train(tiny(method="var", steps=50, diag_every=0, max_nonfinite=5), tmp_path,
+              progress=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    with RunLock(tmp_path), pytest.raises(WsramError, match="in use by another wsram process"):
+        train(tiny(steps=2), tmp_path, progress=False)
+
+
+def test_an_unwritable_run_folder_fails_at_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    t = time.time()
+    with pytest.raises(WsramError, match="cannot write to the run folder"):
+        train(tiny(steps=10**6), blocker / "run", progress=False)
+    assert time.time() - t < 30
+
+
+KEYS = field_names()
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+                   st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+                   st.lists(st.floats(-2, 2), max_size=4), st.dictionaries(st.text(max_size=3),
+                                                                            st.integers(),
+                                                                            max_size=2))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=10)), VALUES,
+                       max_size=6))
+def test_config_fuzz_gives_a_config_or_a_clear_error(values: dict) -> None:
+    try:
+        cfg = make_config(values)
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert isinstance(cfg, Config)
+    assert cfg.samples >= 1 and all(0 < s <= 1 for s in cfg.scales)
+    assert cfg.digit_max <= cfg.canvas_size and cfg.loc_std > 0
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=200))
+def test_config_file_fuzz(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(data)
+    try:
+        values = load_yaml(path)
+        make_config(values)
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)
+
+
+def test_checkpoint_file_is_never_torn(tmp_path: Path, monkeypatch) -> None:
+    """A crash while writing leaves the previous checkpoint intact and no stray file."""
+    from wsram import checkpoint
+
+    checkpoint.save(tmp_path / "last.pt", {"step": 1})
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError):
+        checkpoint.save(tmp_path / "last.pt", {"step": 2})
+    assert checkpoint.load(tmp_path / "last.pt")["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
