@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import Config
 from .data import CanvasGenerator, CanvasSpec, load_digits
 from .diagnostics import diagnose
@@ -68,37 +68,60 @@ class _Stop:
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg.method`` into ``run_dir``; return the last logged metrics."""
+    """Train ``cfg.method`` into ``run_dir``; return the last logged metrics.
+
+    Under ``torchrun`` every rank calls this; rank 0 alone checks, locks and writes the
+    run folder, and ``batch_size`` is per rank.
+    """
     cfg.validate()
     run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume, overwrite)
-    with RunLock(run_dir):
-        if overwrite and not resume:
-            for f in RUN_FILES:
-                (run_dir / f).unlink(missing_ok=True)
-            shutil.rmtree(run_dir / "tb", ignore_errors=True)
-        return _train(cfg, run_dir, resume, progress)
+    ddp = distributed.from_env(cfg.device)
+    try:
+        if not ddp.is_main:
+            return _train(cfg, run_dir, resume, False, ddp)
+        prepare_run_dir(run_dir, resume, overwrite)
+        with RunLock(run_dir):
+            if overwrite and not resume:
+                for f in RUN_FILES:
+                    (run_dir / f).unlink(missing_ok=True)
+                shutil.rmtree(run_dir / "tb", ignore_errors=True)
+            return _train(cfg, run_dir, resume, progress, ddp)
+    finally:
+        ddp.close()
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
+def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
+           ddp: distributed.Dist) -> dict[str, Any]:
     # --- setup: seeds, data, model, optimisers ---
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise WsramError(f"device {cfg.device}: CUDA is not available on this machine")
-    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise WsramError(f"device {cfg.device}: CUDA is not available on this machine")
+        if ddp.world > 1:
+            device = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(device)
+    main = ddp.is_main
+    torch.manual_seed(cfg.seed)  # the same initial parameters on every rank
     method = METHODS[cfg.method]
     spec = CanvasSpec(cfg.canvas_size, cfg.digit_min, cfg.digit_max)
     train_digits = load_digits("train", cfg.data_dir)
-    canvases = CanvasGenerator(train_digits, spec, seed=cfg.seed + 1, device=device)
-    x_eval, y_eval = test_set(cfg, cfg.eval_size)
-    # The diagnostics' fixed minibatch: a stream of its own, so training's is untouched.
-    x_diag, y_diag = CanvasGenerator(train_digits, spec, seed=cfg.seed + 2,
-                                     device=device).sample(cfg.diag_batch)
+    canvases = CanvasGenerator(train_digits, spec, device=device,
+                               seed=distributed.rank_seed(cfg.seed, ddp.rank, 1))
+    if main:
+        x_eval, y_eval = test_set(cfg, cfg.eval_size)
+        # The diagnostics' fixed minibatch: a stream of its own, so training's is untouched.
+        x_diag, y_diag = CanvasGenerator(train_digits, spec, seed=cfg.seed + 2,
+                                         device=device).sample(cfg.diag_batch)
     model = build_model(cfg).to(device)
     opt = torch.optim.Adam([{"params": model.theta()}, {"params": model.eta()}], lr=cfg.lr)
-    opt_b = torch.optim.Adam(model.baseline_params(), lr=cfg.baseline_lr)
+    # A parameter group, not a list, so that a model without a baseline (cnn) gets an empty one.
+    opt_b = torch.optim.Adam([{"params": model.baseline_params()}], lr=cfg.baseline_lr)
+    clip_params = [p for g in opt.param_groups for p in g["params"]]  # theta and eta
+    params = clip_params + model.baseline_params()
+    if not main:  # other ranks sample other actions
+        torch.manual_seed(distributed.rank_seed(cfg.seed, ddp.rank, 3))
 
     step, best, nonfinite_run, nonfinite_total, elapsed = 0, math.inf, 0, 0, 0.0
     if resume:
@@ -107,15 +130,21 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict[str
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         opt_b.load_state_dict(state["baseline_optimizer"])
-        canvases.load_state_dict(state["canvas_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
         step, best = int(state["step"]), float(state["best"])
         elapsed = float(state.get("elapsed", 0.0))
         nonfinite_total = int(state.get("nonfinite_total", 0))
-        _truncate_metrics(run_dir / "metrics.jsonl", step)
-    save_config(cfg, run_dir)
+        if main:  # rank 0 continues its streams exactly; others start fresh ones
+            canvases.load_state_dict(state["canvas_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            _truncate_metrics(run_dir / "metrics.jsonl", step)
+        else:
+            torch.manual_seed(distributed.rank_seed(cfg.seed, ddp.rank, 3) + step)
+            canvases = CanvasGenerator(train_digits, spec, device=device,
+                                       seed=distributed.rank_seed(cfg.seed, ddp.rank, 1) + step)
+    if main:
+        save_config(cfg, run_dir)
 
     def save_checkpoint(name: str = "last.pt") -> None:
         state = {
@@ -123,14 +152,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict[str
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "baseline_optimizer": opt_b.state_dict(), "canvas_rng": canvases.state_dict(),
             "torch_rng": torch.get_rng_state(), "nonfinite_total": nonfinite_total,
-            "elapsed": elapsed + time.perf_counter() - t_start,
+            "elapsed": elapsed + time.perf_counter() - t_start, "world": ddp.world,
         }
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
         checkpoint.save(run_dir / name, state)
 
-    tb = _tensorboard(run_dir / "tb")
-    metrics_file = open(run_dir / "metrics.jsonl", "a")
+    tb = _tensorboard(run_dir / "tb") if main else None
+    metrics_file = open(run_dir / "metrics.jsonl", "a") if main else None
 
     def log(row: dict[str, Any]) -> None:
         metrics_file.write(json.dumps(row) + "\n")
@@ -149,14 +178,15 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict[str
             save_checkpoint("best.pt")
         return errs
 
-    sums: dict[str, float] = {}
-    count, ema_err, last_row = 0, None, {}
+    # Running sums stay on the device and are read once per log step: no per-update sync.
+    sums: dict[str, torch.Tensor] = {}
+    count, last_row = 0, {}
     t_start = time.perf_counter()
+    deadline = t_start + cfg.time_limit * 60 if cfg.time_limit else math.inf
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True,
                desc=cfg.method, unit="upd")
     with _Stop() as stop:
-        deadline = t_start + cfg.time_limit * 60 if cfg.time_limit else math.inf
-        while step < cfg.steps and not stop.requested and time.perf_counter() < deadline:
+        while step < cfg.steps:
             # --- step: sample a batch, K trajectories per image, estimator -> loss ---
             x, y = canvases.sample(cfg.batch_size)
             rollout = model.rollout(x, y, cfg.samples, proposal=method.proposal,
@@ -177,13 +207,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict[str
                     pred = model.rollout(x, num_samples=1).class_log_probs[:, 0].argmax(-1)
             train_err = (pred != y).float().mean()
 
-            # --- backward, non-finite guard, clip, update ---
+            # --- backward, average over ranks, non-finite guard, clip, update ---
             opt.zero_grad(set_to_none=True)
             opt_b.zero_grad(set_to_none=True)
             loss.backward()
-            params = [p for g in opt.param_groups for p in g["params"]]
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-            if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            want_stop = stop.requested or time.perf_counter() >= deadline
+            stop_votes = ddp.sync(params, [float(want_stop)])[0]
+            norm = torch.nn.utils.clip_grad_norm_(clip_params, cfg.grad_clip or math.inf)
+            finite = bool(torch.isfinite(loss) & torch.isfinite(norm)) if ddp.world == 1 \
+                else bool(torch.isfinite(norm))  # synced gradients: the same verdict on all ranks
+            if not finite:
                 nonfinite_run += 1
                 nonfinite_total += 1
                 if nonfinite_run >= cfg.max_nonfinite:
@@ -191,48 +224,53 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict[str
                     raise WsramError(
                         f"stopped at update {step}: {nonfinite_run} non-finite losses or "
                         f"gradients in a row; {run_dir / 'last.pt'} holds the last good state")
+                if stop_votes:
+                    break
                 continue
             nonfinite_run = 0
             opt.step()
             opt_b.step()
             step += 1
 
-            # --- log ---
-            vals = {"loss": loss.item(), "error": train_err.item(), "ess": est.ess.mean().item(),
-                    "bound": est.bound.mean().item(), "entropy": rollout.entropy.mean().item(),
-                    "grad_norm": norm.item()}
-            for k, v in est.terms.items():
-                vals[k] = v.item()
+            # --- log (rank 0) ---
+            vals = {"loss": loss, "error": train_err, "ess": est.ess.mean(),
+                    "bound": est.bound.mean(), "entropy": rollout.entropy.mean(),
+                    "grad_norm": norm, **est.terms}
             for k, v in vals.items():
-                sums[k] = sums.get(k, 0.0) + v
+                v = v.detach()
+                sums[k] = sums[k] + v if k in sums else v
             count += 1
-            ema_err = vals["error"] if ema_err is None else 0.98 * ema_err + 0.02 * vals["error"]
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                last_row = {"step": step, **{f"train/{k}": v / count for k, v in sums.items()},
+            if main and (step % cfg.log_every == 0 or step == cfg.steps):
+                last_row = {"step": step,
+                            **{f"train/{k}": v.item() / count for k, v in sums.items()},
                             "train/nonfinite_total": nonfinite_total,
                             "time": elapsed + time.perf_counter() - t_start}
                 log(last_row)
                 sums, count = {}, 0
-                bar.set_postfix(err=f"{ema_err:.3f}", ess=f"{vals['ess']:.2f}")
+                bar.set_postfix(err=f"{last_row['train/error']:.3f}",
+                                ess=f"{last_row['train/ess']:.2f}")
 
-            # --- diagnostics, eval and checkpoint ---
-            if cfg.diag_every and step % cfg.diag_every == 0:
+            # --- diagnostics, eval and checkpoint (rank 0) ---
+            if main and cfg.diag_every and step % cfg.diag_every == 0:
                 diag = diagnose(model, method, x_diag, y_diag, cfg.samples, cfg.diag_repeats,
                                 seed=cfg.seed * 1_000_003 + step, temperature=cfg.temperature,
                                 gamma=cfg.cv_gamma)
                 log({"step": step, **{f"diag/{k}": v for k, v in diag.items()}})
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            if main and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 evaluate()
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            if main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 save_checkpoint()
+            if stop_votes:
+                break
     bar.close()
-    if step >= cfg.steps:
-        last_row.update({f"eval/{k}": v for k, v in evaluate().items()})
-    save_checkpoint()
-    metrics_file.close()
-    if tb is not None:
-        tb.close()
+    if main:
+        if step >= cfg.steps:
+            last_row.update({f"eval/{k}": v for k, v in evaluate().items()})
+        save_checkpoint()
+        metrics_file.close()
+        if tb is not None:
+            tb.close()
     last_row["stopped_early"] = step < cfg.steps
     return last_row
 
