@@ -35,7 +35,7 @@ class Variant:
 
 def default_variants(explore: bool = True) -> list[Variant]:
     """The six variants of paper Figure 3, VIMCO, and the Figure 4 heuristics study."""
-    out = [Variant(m, m) for m in METHODS]
+    out = [Variant(m, m) for m in METHODS if METHODS[m].attends]
     if explore:
         out += [Variant("var+c+explore", "var+c", EXPLORE),
                 Variant("wsram+q+c+explore", "wsram+q+c", EXPLORE)]
@@ -123,6 +123,11 @@ def updates_to_reach(rows: list[dict[str, Any]], level: float) -> int | None:
     return next((s for s, e in _smoothed_error(rows) if e <= level), None)
 
 
+def _tail_mean(rows: list[dict[str, Any]], key: str, n: int = 3) -> float | None:
+    vals = [r[key] for r in rows if key in r][-n:]
+    return sum(vals) / len(vals) if vals else None
+
+
 def summarise(run_dir: Path) -> dict[str, Any]:
     rows = read_metrics(run_dir)
     train_rows = [r for r in rows if "train/error" in r]
@@ -135,6 +140,10 @@ def summarise(run_dir: Path) -> dict[str, Any]:
         "train_time_s": train_rows[-1]["time"] if train_rows else None,
         "final_train_error": smooth[-1][1] if smooth else None,
         "final_ess": train_rows[-1].get("train/ess") if train_rows else None,
+        # On the diagnostics' fixed batch, mean of the last 3 diagnostics: the prior's error
+        # with one trajectory and with class probabilities averaged over K trajectories.
+        "final_diag_error_sampled": _tail_mean(diag_rows, "diag/error_sampled"),
+        "final_diag_error_mc": _tail_mean(diag_rows, "diag/error_mc"),
         "final_grad_var": diag_rows[-1]["diag/grad_var"] if diag_rows else None,
         "median_grad_var": (sorted(r["diag/grad_var"] for r in diag_rows)[len(diag_rows) // 2]
                             if diag_rows else None),
@@ -205,12 +214,14 @@ def _markdown(res: dict[str, Any]) -> str:
         lines.append(f"| VIMCO | {_pct(runs['vimco'].get('test_error_mc'))} | |")
     lines += ["", "## Every run", "",
               "| run | test error (1 sample / mean of M / deterministic) | final train error "
-              "| updates | time (s) | final ESS | grad. variance (last / median) |",
+              "(1 sample / mean of K) | updates | time (s) | final ESS "
+              "| grad. variance (last / median) |",
               "|---|---|---|---|---|---|---|"]
     for n, r in runs.items():
         lines.append(
             f"| {n} | {_pct(r['test_error_sampled'])} / {_pct(r['test_error_mc'])} / "
-            f"{_pct(r['test_error_deterministic'])} | {_pct(r['final_train_error'])} | "
+            f"{_pct(r['test_error_deterministic'])} | {_pct(r['final_train_error'])} / "
+            f"{_pct(r['final_diag_error_mc'])} | "
             f"{r['updates']} | {_num(r['train_time_s'], '{:.0f}')} | {_num(r['final_ess'])} | "
             f"{_num(r['final_grad_var'])} / {_num(r['median_grad_var'])} |")
     lines += ["", "## Updates to reach a training error", "",
@@ -227,7 +238,9 @@ def _markdown(res: dict[str, Any]) -> str:
                   f"{_num(sp['wsram+q+c_updates_to_reach_it'], '{}')} updates"
                   + (f": {sp['ratio']:.1f}x fewer." if sp["ratio"] else " (never).")]
     lines += ["", "Training error: one trajectory of the prediction network's own policy per "
-              "training image, smoothed over 5 log steps. Gradient variance: trace of the "
+              "training image, smoothed over 5 log steps; 'mean of K': class probabilities "
+              "averaged over K trajectories of that policy, on the diagnostics' fixed batch "
+              "(last 3 diagnostics). Gradient variance: trace of the "
               "covariance of R independent estimates of the prediction network's gradient on "
               "one fixed minibatch. Figures: figure2.png, figure4_exploration.png.", ""]
     return "\n".join(lines)
