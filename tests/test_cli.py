@@ -57,9 +57,10 @@ def test_train_evaluate_show_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("method", ["var", "var+c", "wsram", "wsram+c", "wsram+q", "vimco"])
 def test_every_method_trains(capsys, tmp_path: Path, method: str) -> None:
+    precision = "bf16" if method == "wsram+q" else "fp32"
     code, out, err = cli(capsys, "train", "--run-dir", str(tmp_path), "--method", method,
                          "--steps", "6", "--temperature", "1.5", "--coverage", "0.1",
-                         "--entropy", "0.01", *TINY)
+                         "--entropy", "0.01", "--precision", precision, *TINY)
     assert code == 0, err
     last = json.loads(out.strip().splitlines()[-1])
     assert last["step"] == 6 and 0 <= last["eval/test_error_mc"] <= 1

@@ -21,7 +21,7 @@ from .errors import ConfigError
 @dataclass
 class Config:
     # --- method ---
-    method: str = "wsram+q+c"  # var, var+c, wsram, wsram+c, wsram+q, wsram+q+c, vimco
+    method: str = "wsram+q+c"  # var, var+c, wsram, wsram+c, wsram+q, wsram+q+c, vimco, cnn
     samples: int = 5  # K, trajectories per image in each update (the paper's M)
     steps: int = 3000  # updates to train for (a resumed run trains up to this many)
     time_limit: float = 0.0  # minutes of training after which to checkpoint and stop; 0 = none
@@ -61,6 +61,7 @@ class Config:
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"  # fp32, or bf16 (autocast of the networks; estimators stay fp32)
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
     # Fields that shape the model's parameters: a checkpoint must agree on all of them.
@@ -81,6 +82,8 @@ class Config:
         need(self.samples >= 1, f"samples: K must be at least 1, got {self.samples}")
         need(self.method != "vimco" or self.samples >= 2,
              f"samples: vimco needs K >= 2, got {self.samples}")
+        need(self.method != "cnn" or self.coverage == 0,
+             "coverage: the cnn method takes no glimpses; coverage must be 0")
         need(self.steps >= 0, f"steps: must be >= 0, got {self.steps}")
         need(self.time_limit >= 0, f"time_limit: must be >= 0, got {self.time_limit}")
         need(self.canvas_size >= 8, f"canvas_size: must be >= 8, got {self.canvas_size}")
@@ -116,6 +119,8 @@ class Config:
         need(self.eval_size >= 1, f"eval_size: must be >= 1, got {self.eval_size}")
         need(self.max_nonfinite >= 1, f"max_nonfinite: must be >= 1, got {self.max_nonfinite}")
         need(self.threads >= 0, f"threads: must be >= 0, got {self.threads}")
+        need(self.precision in ("fp32", "bf16"),
+             f"precision: expected fp32 or bf16, got {self.precision!r}")
         need(self.device == "cpu" or self.device.startswith("cuda"),
              f"device: expected cpu or cuda[:N], got {self.device!r}")
         return self

@@ -189,8 +189,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
         while step < cfg.steps:
             # --- step: sample a batch, K trajectories per image, estimator -> loss ---
             x, y = canvases.sample(cfg.batch_size)
-            rollout = model.rollout(x, y, cfg.samples, proposal=method.proposal,
-                                    temperature=cfg.temperature)
+            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                rollout = model.rollout(x, y, cfg.samples, proposal=method.proposal,
+                                        temperature=cfg.temperature)
             est = method.objective(rollout, cfg.cv_gamma)
             loss = est.loss
             if cfg.entropy:

@@ -123,6 +123,7 @@ class AttentionModel(nn.Module):
         return self.context(low)
 
     def _split(self, out: Tensor) -> ActionDist:
+        out = out.float()  # densities in fp32 even under bf16 autocast
         return ActionDist(torch.tanh(out[..., :2]), self.loc_std, out[..., 2:])
 
     def prior_step(self, h2: Tensor) -> tuple[ActionDist, Tensor]:
@@ -196,7 +197,7 @@ class AttentionModel(nn.Module):
             h1 = F.relu(self.core1(torch.cat([g, h1], -1)))
             h2 = F.relu(self.core2(torch.cat([h1, h2], -1)))
 
-        class_log_probs = torch.log_softmax(self.classifier(h1), -1)  # (B, K, C)
+        class_log_probs = torch.log_softmax(self.classifier(h1).float(), -1)  # (B, K, C)
         log_lik = baseline = None
         if y is not None:
             log_lik = class_log_probs.gather(-1, y.view(B, 1, 1).expand(B, K, 1)).squeeze(-1)
