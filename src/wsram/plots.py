@@ -18,9 +18,12 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
                   deterministic: bool = True, which: str = "last") -> Path:
     """Write a PNG of test canvases with each glimpse's box, order and scale drawn on them."""
     from .checkpoint import atomic_write_bytes
+    from .errors import WsramError
     from .runs import load_run, test_set
 
     cfg, model, state = load_run(run_dir, which)
+    if model.glimpses == 0:
+        raise WsramError(f"{run_dir}: a {cfg.method} run takes no glimpses; nothing to show")
     x, y = test_set(cfg, num)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -30,7 +33,8 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
 
     cols = min(6, len(x))
     rows = (len(x) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.8 * rows), squeeze=False,
+                             layout="constrained")
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= len(x):
@@ -40,9 +44,12 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
             x0, y0, x1, y1 = boxes[i, n].tolist()
             c = GLIMPSE_COLOURS[n % len(GLIMPSE_COLOURS)]
             ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                       edgecolor=c, linewidth=1.5))
+                                       edgecolor=c, linewidth=1.5, clip_on=True))
             scale = cfg.scales[int(r.scales[i, 0, n])]
-            ax.text(x0, y0 - 1, f"{n + 1}:{scale:g}", color=c, fontsize=7, va="bottom")
+            H = cfg.canvas_size
+            tx, ty = min(max(x0, 0), H - 12), min(max(y0 + 1, 0), H - 6)
+            ax.text(tx, ty, f"{n + 1}:{scale:g}", color=c, fontsize=7, va="top",
+                    fontweight="bold", clip_on=True)
         ok = "ok" if pred[i] == y[i] else "wrong"
         ax.set_title(f"label {int(y[i])}, predicted {int(pred[i])} ({ok})", fontsize=8)
         ax.set_xlim(-0.5, cfg.canvas_size - 0.5)
@@ -50,7 +57,6 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
     policy = "deterministic policy" if deterministic else "one sampled trajectory"
     fig.suptitle(f"{cfg.method}, update {state['step']}: glimpses ({policy}); "
                  "box label = order:scale", fontsize=9)
-    fig.tight_layout()
     out = Path(out) if out is not None else Path(run_dir) / "glimpses.png"
 
     def write(f):
