@@ -66,7 +66,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 def check_model_config(path: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse a checkpoint whose model configuration differs, naming the differences."""
-    diffs = [f"{k}={saved.get(k)!r} (expected {v!r})" for k, v in current.items()
-             if saved.get(k) != v]
+    keys = {**saved, **current}  # both ways: a key only one side has is a difference too
+    diffs = [f"{k}={saved.get(k)!r} (expected {current.get(k)!r})" for k in keys
+             if saved.get(k) != current.get(k)]
     if diffs:
         raise CheckpointError(f"{path}: made with a different model: {', '.join(diffs)}")

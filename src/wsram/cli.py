@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampled", action="store_true",
                    help="draw one sampled trajectory instead of the deterministic policy")
     s.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    k = sub.add_parser("cost", help="error, MACs, pixels read and images/s of runs, side by side")
+    k.add_argument("run_dirs", nargs="+", metavar="RUN")
+    k.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    k.add_argument("--out", metavar="FILE.md", help="also write the table as markdown")
+    k.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    k.add_argument("--device", default="cpu", help="device for the timing (default cpu)")
+    k.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = default")
+    k.add_argument("--seconds", type=float, default=2.0, help="timing per run (default 2)")
     c = sub.add_parser("compare", help="train the paper's variants alike; tables and figures")
     c.add_argument("--out", help="folder for the runs, results.md/json and figures")
     c.add_argument("--config", help="YAML file of config keys shared by every variant")
@@ -124,6 +132,29 @@ def run(argv: list[str] | None = None) -> int:
         print((out / "results.md").read_text())
         print(f"wrote {out / 'results.md'}, {out / 'results.json'} and figures in {out}")
         del res
+    elif args.command == "cost":
+        import torch
+
+        from .cost import NOTES, check_out_path, markdown, run_cost, text_table
+
+        if args.threads < 0 or not args.seconds > 0:
+            raise WsramError("cost: --threads must be >= 0 and --seconds > 0")
+        out = check_out_path(args.out) if args.out else None
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        costs = [run_cost(r, args.checkpoint, args.device, args.seconds) for r in args.run_dirs]
+        if args.json:
+            print(json.dumps(costs, indent=2))
+        else:
+            print(text_table(costs))
+            print()
+            print(NOTES)
+        if out is not None:
+            try:
+                out.write_text(markdown(costs))
+            except OSError as e:
+                raise WsramError(f"{out}: cannot write ({e.strerror})") from None
+            print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
     elif args.command == "show":
         from .plots import show_glimpses
 

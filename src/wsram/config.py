@@ -129,7 +129,10 @@ class Config:
         return asdict(self)
 
     def model_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.MODEL_KEYS}
+        out = {k: getattr(self, k) for k in self.MODEL_KEYS}
+        if self.method == "cnn":  # another network; attention checkpoints have no such key
+            out["model"] = "cnn"
+        return out
 
 
 _HINTS = typing.get_type_hints(Config)

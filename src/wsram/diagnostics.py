@@ -38,6 +38,8 @@ def gradient_estimates(model: AttentionModel, method: Method, x: Tensor, y: Tens
 @torch.no_grad()
 def policy_usage(model: AttentionModel, x: Tensor) -> dict[str, float]:
     """The prior policy on x: its mean entropy per glimpse and how often each scale is used."""
+    if model.glimpses == 0:  # the CNN baseline: no policy to describe
+        return {}
     r = model.rollout(x, num_samples=1)
     counts = torch.bincount(r.scales.reshape(-1), minlength=model.num_scales).float()
     freq = counts / counts.sum()
@@ -59,7 +61,12 @@ def diagnose(model: AttentionModel, method: Method, x: Tensor, y: Tensor, sample
         with torch.no_grad():
             r = model.rollout(x, y, samples, proposal=method.proposal, temperature=temperature)
             est = method.objective(r, gamma)
-        stats["ess"] = est.ess.mean().item()
-        stats["bound"] = est.bound.mean().item()
+            stats["ess"] = est.ess.mean().item()
+            stats["bound"] = est.bound.mean().item()
+            # Errors of the prediction network's own policy on this batch: one trajectory,
+            # and the class probabilities averaged over K (what log p(y|x), M1, rewards).
+            probs = model.rollout(x, num_samples=samples).class_log_probs.exp()  # (B, K, C)
+            stats["error_sampled"] = (probs[:, 0].argmax(-1) != y).float().mean().item()
+            stats["error_mc"] = (probs.mean(1).argmax(-1) != y).float().mean().item()
         stats.update(policy_usage(model, x))
     return stats

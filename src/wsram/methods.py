@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .estimators import EstimatorOutput, variational, vimco, wake_sleep
+from .estimators.common import finish
 from .models import Rollout
 
 
@@ -32,6 +33,12 @@ def _vimco(r: Rollout, cv: bool, gamma: float) -> EstimatorOutput:
     return vimco(r.log_lik, r.log_sampler)
 
 
+def _max_likelihood(r: Rollout, cv: bool, gamma: float) -> EstimatorOutput:
+    # The CNN baseline: no actions, so the gradient is that of log p(y|x) itself.
+    nll = -r.log_lik.mean()
+    return finish(nll, r.log_lik, {"nll": nll})
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -47,6 +54,11 @@ class Method:
     def uses_baseline(self) -> bool:
         return self.estimator is _var and self.control_variate
 
+    @property
+    def attends(self) -> bool:
+        """False for the CNN baseline, which reads the whole canvas and takes no glimpses."""
+        return self.estimator is not _max_likelihood
+
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -58,5 +70,6 @@ METHODS: dict[str, Method] = {
         Method("wsram+q", "q", False, _wake_sleep, "WS-RAM+q"),
         Method("wsram+q+c", "q", True, _wake_sleep, "WS-RAM+q+c"),
         Method("vimco", "prior", False, _vimco, "VIMCO"),
+        Method("cnn", "prior", False, _max_likelihood, "CNN"),
     ]
 }

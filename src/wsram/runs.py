@@ -14,10 +14,12 @@ import yaml
 from . import checkpoint
 from .config import Config, make_config
 from .errors import WsramError
-from .models import AttentionModel
+from .models import AttentionModel, ConvClassifier
 
 
-def build_model(cfg: Config) -> AttentionModel:
+def build_model(cfg: Config) -> AttentionModel | ConvClassifier:
+    if cfg.method == "cnn":
+        return ConvClassifier(num_classes=cfg.num_classes)
     return AttentionModel(
         canvas_size=cfg.canvas_size, glimpses=cfg.glimpses, patch=cfg.patch,
         scales=cfg.scales, hidden=cfg.hidden, context_size=cfg.context_size,
