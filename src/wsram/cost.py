@@ -28,10 +28,10 @@ NOTES = """\
   policy's tanh/argmax are not counted (they are not multiply-accumulates).
 - The attention model's sensor is counted from its sizes: the low-resolution context copy
   and each pyramid level are area averages (one MAC per source pixel of each averaging
-  window), and a bilinearly resampled glimpse pixel is 4 MACs. The sensor as implemented
-  resamples every scale at each glimpse and keeps one, so the resampling count is S times
-  what a sensor reading only the chosen scale would need; and its pyramid averages the
-  whole canvas once per scale.
+  window), and a bilinearly resampled glimpse pixel is 4 MACs. The sensor resamples every
+  scale at each glimpse and keeps one (one batched call per scale; reading the chosen scale
+  alone was measured slower on CPU), so the resampling count is S times what the chosen
+  scale alone needs; its pyramid averages the whole canvas once per scale.
 - "Values read by the network": N x G x G glimpse pixels plus the context copy's pixels
   for the attention model, the whole canvas for the CNN.
 - "Canvas pixels under the glimpses": distinct canvas pixels whose centre lies in some
