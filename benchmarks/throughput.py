@@ -47,6 +47,7 @@ from wsram.data import CanvasGenerator, CanvasSpec, load_digits
 from wsram.evaluate import test_errors
 from wsram.methods import METHODS
 from wsram.runs import build_model, test_set
+from wsram.train import forward_step
 
 SETUPS: dict[str, dict[str, Any]] = {
     "default": dict(method="wsram+q+c", batch_size=64, samples=5),
@@ -188,22 +189,16 @@ def bench_train(name: str, device: str, threads: int, seconds: float) -> dict[st
     m = METHODS[cfg.method]
     opt = torch.optim.Adam([{"params": model.theta()}, {"params": model.eta()}], lr=cfg.lr)
     opt_b = torch.optim.Adam([{"params": model.baseline_params()}], lr=cfg.baseline_lr)
-    params = [p for o in (opt, opt_b) for g in o.param_groups for p in g["params"]]
+    groups = [g for g in (model.theta(), model.eta(), model.baseline_params()) if g]
 
-    def update() -> None:  # the step of train.py: sample, rollout, estimator, error, update
+    def update() -> None:  # the step of train.py: sample, forward_step, backward, clip, Adam
         x, y = gen.sample(cfg.batch_size)
-        r = model.rollout(x, y, cfg.samples, proposal=m.proposal)
-        loss = m.objective(r).loss
-        if r.sampled_from_prior:
-            pred = r.class_log_probs[:, 0].detach().argmax(-1)
-        else:
-            with torch.no_grad():
-                pred = model.rollout(x, num_samples=1).class_log_probs[:, 0].argmax(-1)
-        (pred != y).float().mean()
+        loss = forward_step(model, m, cfg, x, y)[0]
         opt.zero_grad(set_to_none=True)
         opt_b.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        for g in groups:
+            torch.nn.utils.clip_grad_norm_(g, cfg.grad_clip)
         opt.step()
         opt_b.step()
 

@@ -53,7 +53,8 @@ def emulate(world: int) -> dict[str, torch.Tensor]:
             loss = method.objective(model.rollout(x, y, cfg.samples)).loss / world
             loss.backward()
             streams[r] = torch.get_rng_state()
-        torch.nn.utils.clip_grad_norm_(model.theta() + model.eta(), cfg.grad_clip)
+        for group in (model.theta(), model.eta(), model.baseline_params()):
+            torch.nn.utils.clip_grad_norm_(group, cfg.grad_clip)
         opt.step()
         opt_b.step()
     return model.state_dict()

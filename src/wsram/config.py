@@ -43,7 +43,7 @@ class Config:
     batch_size: int = 64  # B, images per update
     lr: float = 1e-3  # Adam learning rate of the prediction and inference networks
     baseline_lr: float = 1e-3  # Adam learning rate of the VAR baseline network
-    grad_clip: float = 10.0  # max global gradient norm; 0 = no clipping
+    grad_clip: float = 10.0  # max gradient norm of each network (theta, eta, baseline); 0 = none
     cv_gamma: float = 1.0  # scale of the WS-RAM control-variate baselines (M11, M12)
     # --- exploration heuristics (METHOD.md 4.5); all off by default ---
     temperature: float = 1.0  # sample from a tempered proposal (>1: wider, flatter)

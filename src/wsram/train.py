@@ -18,8 +18,10 @@ from .config import Config
 from .data import CanvasGenerator, CanvasSpec, load_digits
 from .diagnostics import diagnose
 from .errors import WsramError
+from .estimators import EstimatorOutput
 from .evaluate import test_errors
-from .methods import METHODS
+from .methods import METHODS, Method
+from .models import Rollout
 from .runs import RunLock, build_model, save_config, test_set
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "eval.json", "glimpses.png")
@@ -118,8 +120,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
     opt = torch.optim.Adam([{"params": model.theta()}, {"params": model.eta()}], lr=cfg.lr)
     # A parameter group, not a list, so that a model without a baseline (cnn) gets an empty one.
     opt_b = torch.optim.Adam([{"params": model.baseline_params()}], lr=cfg.baseline_lr)
-    clip_params = [p for g in opt.param_groups for p in g["params"]]  # theta and eta
-    params = clip_params + model.baseline_params()
+    # Each network's gradient is clipped on its own, so that a large step of the inference
+    # network (or the baseline) never shrinks the prediction network's.
+    groups = [g for g in (model.theta(), model.eta(), model.baseline_params()) if g]
+    params = [p for g in groups for p in g]
     if not main:  # other ranks sample other actions
         torch.manual_seed(distributed.rank_seed(cfg.seed, ddp.rank, 3))
 
@@ -189,24 +193,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
         while step < cfg.steps:
             # --- step: sample a batch, K trajectories per image, estimator -> loss ---
             x, y = canvases.sample(cfg.batch_size)
-            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-                rollout = model.rollout(x, y, cfg.samples, proposal=method.proposal,
-                                        temperature=cfg.temperature)
-            est = method.objective(rollout, cfg.cv_gamma)
-            loss = est.loss
-            if cfg.entropy:
-                loss = loss - cfg.entropy * rollout.entropy.mean()
-            if cfg.coverage:
-                loss = loss + cfg.coverage * sum(
-                    d.coverage_penalty() for d in rollout.prior_dists) / len(rollout.prior_dists)
-
-            # --- training error: one trajectory of the (untempered) prior per image ---
-            if rollout.sampled_from_prior:
-                pred = rollout.class_log_probs[:, 0].detach().argmax(-1)
-            else:
-                with torch.no_grad():
-                    pred = model.rollout(x, num_samples=1).class_log_probs[:, 0].argmax(-1)
-            train_err = (pred != y).float().mean()
+            loss, est, rollout, train_err = forward_step(model, method, cfg, x, y)
 
             # --- backward, average over ranks, non-finite guard, clip, update ---
             opt.zero_grad(set_to_none=True)
@@ -214,9 +201,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
             loss.backward()
             want_stop = stop.requested or time.perf_counter() >= deadline
             stop_votes = ddp.sync(params, [float(want_stop)])[0]
-            norm = torch.nn.utils.clip_grad_norm_(clip_params, cfg.grad_clip or math.inf)
-            finite = bool(torch.isfinite(loss) & torch.isfinite(norm)) if ddp.world == 1 \
-                else bool(torch.isfinite(norm))  # synced gradients: the same verdict on all ranks
+            norms = [torch.nn.utils.clip_grad_norm_(g, cfg.grad_clip or math.inf)
+                     for g in groups]
+            norm = norms[0]  # the prediction network's, for the log
+            # Synced gradients give every rank the same verdict; the loss is per rank.
+            finite = bool(torch.isfinite(torch.stack(norms)).all())
+            if ddp.world == 1:
+                finite = finite and bool(torch.isfinite(loss))
             if not finite:
                 nonfinite_run += 1
                 nonfinite_total += 1
@@ -274,6 +265,33 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
             tb.close()
     last_row["stopped_early"] = step < cfg.steps
     return last_row
+
+
+def forward_step(model: torch.nn.Module, method: Method, cfg: Config, x: torch.Tensor,
+                 y: torch.Tensor) -> tuple[torch.Tensor, EstimatorOutput, Rollout, torch.Tensor]:
+    """One update's forward work: K trajectories per image, the method's estimator, the
+    exploration heuristics, and the training error. Returns (loss, estimator output,
+    rollout, training error)."""
+    bf16 = cfg.precision == "bf16"
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+        rollout = model.rollout(x, y, cfg.samples, proposal=method.proposal,
+                                temperature=cfg.temperature)
+    est = method.objective(rollout, cfg.cv_gamma)
+    loss = est.loss
+    if cfg.entropy:
+        loss = loss - cfg.entropy * rollout.entropy.mean()
+    if cfg.coverage:
+        loss = loss + cfg.coverage * sum(
+            d.coverage_penalty() for d in rollout.prior_dists) / len(rollout.prior_dists)
+
+    # Training error: one trajectory of the prediction network's own (untempered) policy
+    # per image, never one of the label-aware proposal's.
+    if rollout.sampled_from_prior:
+        pred = rollout.class_log_probs[:, 0].detach().argmax(-1)
+    else:
+        with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+            pred = model.rollout(x, num_samples=1).class_log_probs[:, 0].argmax(-1)
+    return loss, est, rollout, (pred != y).float().mean()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
