@@ -20,6 +20,12 @@ TINY = ["--canvas-size", "32", "--digit-min", "10", "--digit-max", "20", "--hidd
         "--log-every", "5", "--eval-every", "10", "--checkpoint-every", "10", "--no-progress"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def wsram(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.run([sys.executable, "-m", "wsram", *args], capture_output=True, text=True,
@@ -58,8 +64,9 @@ def test_train_evaluate_show_end_to_end(tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", ["var", "var+c", "wsram", "wsram+c", "wsram+q", "vimco"])
 def test_every_method_trains(capsys, tmp_path: Path, method: str) -> None:
     precision = "bf16" if method == "wsram+q" else "fp32"
+    temperature = "1" if method == "vimco" else "1.5"
     code, out, err = cli(capsys, "train", "--run-dir", str(tmp_path), "--method", method,
-                         "--steps", "6", "--temperature", "1.5", "--coverage", "0.1",
+                         "--steps", "6", "--temperature", temperature, "--coverage", "0.1",
                          "--entropy", "0.01", "--precision", precision, *TINY)
     assert code == 0, err
     last = json.loads(out.strip().splitlines()[-1])
@@ -72,6 +79,13 @@ def test_resume_continues_exactly(capsys, tmp_path: Path) -> None:
     assert cli(capsys, "train", "--run-dir", str(tmp_path / "b"), "--steps", "10", *common)[0] == 0
     assert cli(capsys, "train", "--run-dir", str(tmp_path / "b"), "--steps", "20", "--resume",
                "--no-progress")[0] == 0
+    # Resuming a finished run does nothing, and logs nothing twice.
+    assert cli(capsys, "train", "--run-dir", str(tmp_path / "b"), "--resume",
+               "--no-progress")[0] == 0
+    code, _, err = cli(capsys, "train", "--run-dir", str(tmp_path / "b"), "--resume",
+                       "--method", "wsram", "--loc-std", "0.05")
+    assert code == 2 and "cannot resume with a different config" in err
+    assert "method 'var+c' -> 'wsram'" in err and "loc_std" in err
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -90,6 +104,9 @@ def test_resume_continues_exactly(capsys, tmp_path: Path) -> None:
     (["--method", "vimco", "--samples", "1"], "vimco needs K >= 2"),
     (["--lr", "nan"], "lr: expected float"),
     (["--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
+    (["--device", "cuda:x"], "device: expected cpu, cuda or cuda:N"),
+    (["--method", "vimco", "--temperature", "2"], "use temperature 1 with vimco"),
+    (["--precision", "fp8"], "precision: expected fp32 or bf16"),
 ])
 def test_bad_options_get_one_line_and_exit_2(capsys, tmp_path: Path, args, message) -> None:
     code, out, err = cli(capsys, "train", "--run-dir", str(tmp_path / "r"), "--steps", "3",
@@ -119,6 +136,15 @@ def test_run_folders_are_not_clobbered_and_bad_runs_are_refused(capsys, tmp_path
     code, _, err = cli(capsys, "train", "--run-dir", str(run), "--steps", "2", *TINY)
     assert code == 2 and "already holds a run" in err
     assert (run / "last.pt").read_bytes() == before
+    # Outputs never land on a user's checkpoint or in a folder that is not there.
+    code, _, err = cli(capsys, "show", str(run), "--out", str(run / "last.pt"))
+    assert code == 2 and "expected a .png file name" in err
+    code, _, err = cli(capsys, "show", str(run), "--out", str(tmp_path / "no" / "x.png"))
+    assert code == 2 and "no such folder" in err
+    code, _, err = cli(capsys, "cost", str(run), "--out", str(run / "config.yaml"))
+    assert code == 2 and "expected a .md" in err
+    assert (run / "last.pt").read_bytes() == before
+    assert oct((run / "last.pt").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
     # A truncated checkpoint, a foreign model and a file that would run code are refused.
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "config.yaml").write_bytes((run / "config.yaml").read_bytes())

@@ -52,7 +52,10 @@ def test_compare_end_to_end(capsys, tmp_path: Path) -> None:
     # A different setup into the same folder is refused, not mixed in.
     code, _, err = run(capsys, "compare", "--out", str(out), "--steps", "10", *TINY,
                        "--lr", "0.01")
-    assert code == 2 and "different config (lr)" in err
+    assert code == 2 and "cannot resume with a different config (lr 0.001 -> 0.01)" in err
+    code, _, err = run(capsys, "compare", "--out", str(out), "--steps", "10", *TINY,
+                       "--lr", "0.01", "--jobs", "2")
+    assert code == 2 and "cannot resume with a different config" in err
 
     (out / "figure2.png").unlink()
     code, _, err = run(capsys, "compare", "--plot-only", str(out))

@@ -25,7 +25,7 @@ from wsram.train import train
 
 TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, context_size=8,
             glimpses=2, batch_size=8, samples=3, eval_size=20, test_size=30, eval_samples=2,
-            log_every=1, eval_every=10, checkpoint_every=4, diag_every=5, diag_batch=8,
+            log_every=3, eval_every=10, checkpoint_every=4, diag_every=5, diag_batch=8,
             diag_repeats=3, method="wsram+q+c", threads=1)
 
 
@@ -65,6 +65,7 @@ def _last_step(run: Path) -> int:
 
 
 def test_sigkill_at_several_points_then_resume_is_bit_exact(tmp_path: Path) -> None:
+    # Checkpoints (every 4) fall inside log windows (every 3): the open window is restored.
     steps = 40
     ref = tmp_path / "ref"
     subprocess.run(_train_cmd(ref, steps, False), check=True, capture_output=True, timeout=300)
@@ -129,11 +130,17 @@ def test_nonfinite_in_a_row_stops_with_the_last_good_checkpoint(tmp_path: Path,
                                                                 monkeypatch) -> None:
     monkeypatch.setitem(methods.METHODS, "var", _nan_on(None, from_step=7))
     with pytest.raises(WsramError, match="5 non-finite losses or gradients in a row"):
-        train(tiny(method="var", steps=50, diag_every=0, max_nonfinite=5), tmp_path,
+        train(tiny(method="var", steps=50, diag_every=0, max_nonfinite=5), tmp_path / "a",
               progress=False)
-    state = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert state["step"] == 4
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert state["step"] == 6  # the last good update, although checkpoints fall every 4
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+    # Non-finite from the first update: the untouched initial state is still saved.
+    monkeypatch.setitem(methods.METHODS, "var", _nan_on(None, from_step=1))
+    with pytest.raises(WsramError, match="holds the last good state"):
+        train(tiny(method="var", steps=50, diag_every=0, max_nonfinite=3), tmp_path / "b",
+              progress=False)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 0
 
 
 def test_a_run_folder_in_use_is_refused(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 is not the user's wish
             os.fsync(f.fileno())
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -38,6 +39,25 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def writable_output(path: str | Path, suffixes: tuple[str, ...]) -> Path:
+    """Check a user-given output path: its folder exists, and it does not name a file of
+    another kind (a checkpoint, a config), which writing would destroy."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise CheckpointError(f"{path}: no such folder {path.parent}")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; give a file name ending in {suffixes[0]}")
+    if path.suffix.lower() not in suffixes:
+        raise CheckpointError(f"{path}: expected a {' or '.join(suffixes)} file name")
+    return path
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:

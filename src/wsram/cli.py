@@ -112,6 +112,9 @@ def run(argv: list[str] | None = None) -> int:
               f"{res['test_error_mc']:.2%}")
         print(f"  test error, deterministic policy:          "
               f"{res['test_error_deterministic']:.2%}")
+        if "selected_on" in res:
+            print(f"  note: best.pt was selected on {res['selected_on']}, so these errors "
+                  "are optimistic")
         print(f"  written to {Path(args.run_dir) / 'eval.json'}")
     elif args.command == "compare":
         from .compare import compare, default_variants, write_results
@@ -124,6 +127,8 @@ def run(argv: list[str] | None = None) -> int:
         else:
             if not args.out:
                 raise WsramError("compare: give --out DIR (or --plot-only DIR)")
+            if Path(args.out).exists() and not Path(args.out).is_dir():
+                raise WsramError(f"{args.out}: exists and is not a folder")
             _positive("jobs", args.jobs)
             res = compare(_config_from_args(args), args.out,
                           default_variants(explore=not args.no_explore), jobs=args.jobs,
@@ -135,10 +140,11 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "cost":
         import torch
 
-        from .cost import NOTES, check_out_path, markdown, run_cost, text_table
+        from .cost import NOTES, check_device, check_out_path, markdown, run_cost, text_table
 
         if args.threads < 0 or not args.seconds > 0:
             raise WsramError("cost: --threads must be >= 0 and --seconds > 0")
+        check_device(args.device)
         out = check_out_path(args.out) if args.out else None
         if args.threads:
             torch.set_num_threads(args.threads)

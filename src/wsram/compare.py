@@ -14,12 +14,12 @@ from typing import Any
 import yaml
 
 from .checkpoint import atomic_write_bytes
-from .config import Config, load_yaml, make_config, replace
+from .config import Config, load_yaml, replace
 from .errors import WsramError
 from .evaluate import evaluate_run
 from .methods import METHODS
 from .runs import read_metrics
-from .train import train
+from .train import check_resume, train
 
 # The exploration heuristics of METHOD.md 4.5, all three on, for the Figure 4 study.
 EXPLORE = {"temperature": 1.5, "coverage": 0.1, "entropy": 0.01}
@@ -42,19 +42,18 @@ def default_variants(explore: bool = True) -> list[Variant]:
     return out
 
 
+def _resumable(cfg: Config, run_dir: Path) -> bool:
+    """Whether run_dir holds an earlier run of this variant to continue; refuse one made
+    with another config (a longer budget or another machine may differ)."""
+    if not (run_dir / "last.pt").is_file():
+        return False
+    check_resume(cfg, run_dir)
+    return True
+
+
 def _run_one(cfg: Config, run_dir: Path, progress: bool) -> None:
     """Train one variant, resuming it if an earlier compare was interrupted."""
-    if (run_dir / "last.pt").is_file():
-        saved = make_config(load_yaml(run_dir / "config.yaml")).to_dict()
-        # A longer budget or another machine continues the run; anything else is another run.
-        diff = [k for k, v in cfg.to_dict().items()
-                if saved.get(k) != v and k not in ("steps", "threads", "device")]
-        if diff:
-            raise WsramError(f"{run_dir}: holds a run with a different config "
-                             f"({', '.join(diff)}); use another output folder")
-        train(cfg, run_dir, resume=True, progress=progress)
-    else:
-        train(cfg, run_dir, progress=progress)
+    train(cfg, run_dir, resume=_resumable(cfg, run_dir), progress=progress)
 
 
 def compare(base: Config, out_dir: str | Path, variants: list[Variant] | None = None,
@@ -94,7 +93,7 @@ def _run_parallel(cfgs: dict[str, Config], out_dir: Path, jobs: int) -> None:
                 replace(cfg, threads=cfg.threads or threads).to_dict(), sort_keys=False))
             cmd = [sys.executable, "-m", "wsram", "train", "--run-dir", str(run_dir),
                    "--config", str(cfg_file), "--no-progress"]
-            if (run_dir / "last.pt").is_file():
+            if _resumable(cfg, run_dir):
                 cmd.append("--resume")
             log = open(out_dir / f"{name}.log", "a")
             running.append((name, subprocess.Popen(cmd, stdout=log, stderr=log)))
@@ -184,7 +183,11 @@ def write_results(out_dir: str | Path) -> dict[str, Any]:
 def _variant_names(out_dir: Path) -> list[str]:
     meta = out_dir / "variants.json"
     if meta.is_file():
-        names = [v["name"] for v in json.loads(meta.read_text())["variants"]]
+        try:
+            names = [str(v["name"]) for v in json.loads(meta.read_text())["variants"]]
+        except (ValueError, KeyError, TypeError):
+            raise WsramError(f"{meta}: not a list of variants written by wsram compare") \
+                from None
     else:
         names = [v.name for v in default_variants()]
     return [n for n in names if (out_dir / n / "metrics.jsonl").is_file()]

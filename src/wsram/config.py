@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -64,6 +65,11 @@ class Config:
     precision: str = "fp32"  # fp32, or bf16 (autocast of the networks; estimators stay fp32)
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
+    # Fields a resumed run may change: how long and where it runs, and what it logs.
+    RESUMABLE_KEYS: typing.ClassVar[tuple[str, ...]] = (
+        "steps", "time_limit", "device", "threads", "precision", "eval_every", "eval_size",
+        "log_every", "checkpoint_every", "diag_every", "max_nonfinite",
+    )
     # Fields that shape the model's parameters: a checkpoint must agree on all of them.
     MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "glimpses", "patch", "scales", "hidden", "context_size", "num_classes", "canvas_size",
@@ -121,8 +127,11 @@ class Config:
         need(self.threads >= 0, f"threads: must be >= 0, got {self.threads}")
         need(self.precision in ("fp32", "bf16"),
              f"precision: expected fp32 or bf16, got {self.precision!r}")
-        need(self.device == "cpu" or self.device.startswith("cuda"),
-             f"device: expected cpu or cuda[:N], got {self.device!r}")
+        need(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+             f"device: expected cpu, cuda or cuda:N, got {self.device!r}")
+        need(self.method != "vimco" or self.temperature == 1.0,
+             "temperature: vimco's bound needs samples from the prior itself; "
+             "use temperature 1 with vimco")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +153,7 @@ def field_names() -> list[str]:
 
 def coerce(name: str, value: Any) -> Any:
     """Convert ``value`` (from YAML or a command-line string) to the type of field ``name``."""
-    if name not in _HINTS or name == "MODEL_KEYS":
+    if name not in _HINTS or name in ("MODEL_KEYS", "RESUMABLE_KEYS"):
         close = difflib.get_close_matches(name, field_names(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown config key {name!r}{hint}")

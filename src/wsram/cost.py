@@ -247,7 +247,17 @@ def markdown(costs: list[dict[str, Any]]) -> str:
 
 
 def check_out_path(out: str | Path) -> Path:
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise WsramError(f"{out}: no such folder {out.parent}")
-    return out
+    from .checkpoint import writable_output
+
+    return writable_output(out, (".md", ".markdown", ".txt"))
+
+
+def check_device(device: str) -> str:
+    """A device name this machine has, or a one-line error."""
+    import re
+
+    if re.fullmatch(r"cpu|cuda(:\d+)?", device) is None:
+        raise WsramError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WsramError(f"--device {device}: CUDA is not available on this machine")
+    return device

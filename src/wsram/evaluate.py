@@ -48,7 +48,8 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
     from .runs import load_run, test_set
 
     cfg, model, state = load_run(run_dir, which)
-    model.to(cfg.device)
+    # A run trained on a GPU is evaluated on the CPU where there is none.
+    model.to(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
     x, y = test_set(cfg, test_size)
     m = samples if samples is not None else cfg.eval_samples
     result = {
@@ -58,6 +59,10 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
         "step": int(state["step"]),
         "checkpoint": f"{which}.pt",
     }
+    if which == "best":
+        # best.pt was picked by the periodic evaluations, which use the first eval_size
+        # test canvases: its test error on a set holding them is optimistic.
+        result["selected_on"] = f"the first {cfg.eval_size} test canvases"
     atomic_write_bytes(Path(run_dir) / "eval.json",
                        lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     return result

@@ -21,6 +21,10 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
     from .errors import WsramError
     from .runs import load_run, test_set
 
+    if out is not None:
+        from .checkpoint import writable_output
+
+        writable_output(out, (".png",))
     cfg, model, state = load_run(run_dir, which)
     if model.glimpses == 0:
         raise WsramError(f"{run_dir}: a {cfg.method} run takes no glimpses; nothing to show")

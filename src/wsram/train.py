@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, distributed
-from .config import Config
+from .config import Config, load_yaml, make_config
 from .data import CanvasGenerator, CanvasSpec, load_digits
 from .diagnostics import diagnose
 from .errors import WsramError
@@ -43,6 +43,20 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise WsramError(f"{run_dir}: cannot write to the run folder ({e.strerror})") from None
+
+
+def check_resume(cfg: Config, run_dir: Path) -> None:
+    """Refuse to continue a run with a config that would make it another run: only how
+    long, where and how verbosely it runs may change (Config.RESUMABLE_KEYS)."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise WsramError(f"{run_dir}: nothing to resume (no config.yaml)")
+    saved = make_config(load_yaml(saved_path)).to_dict()
+    diff = [f"{k} {saved[k]!r} -> {v!r}" for k, v in cfg.to_dict().items()
+            if saved.get(k) != v and k not in Config.RESUMABLE_KEYS]
+    if diff:
+        raise WsramError(f"{run_dir}: cannot resume with a different config ({'; '.join(diff)}"
+                         "); train into a new folder instead")
 
 
 class _Stop:
@@ -82,6 +96,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         if not ddp.is_main:
             return _train(cfg, run_dir, resume, False, ddp)
         prepare_run_dir(run_dir, resume, overwrite)
+        if resume:
+            check_resume(cfg, run_dir)
         with RunLock(run_dir):
             if overwrite and not resume:
                 for f in RUN_FILES:
@@ -128,6 +144,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
         torch.manual_seed(distributed.rank_seed(cfg.seed, ddp.rank, 3))
 
     step, best, nonfinite_run, nonfinite_total, elapsed = 0, math.inf, 0, 0, 0.0
+    sums: dict[str, torch.Tensor] = {}  # running sums of the open log window, on the device
+    count = 0
     if resume:
         state = checkpoint.load(run_dir / "last.pt", map_location=device)
         checkpoint.check_model_config(run_dir / "last.pt", state["config"], cfg.model_dict())
@@ -137,6 +155,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
         step, best = int(state["step"]), float(state["best"])
         elapsed = float(state.get("elapsed", 0.0))
         nonfinite_total = int(state.get("nonfinite_total", 0))
+        # The log window open at the checkpoint, so that the next line averages the same
+        # updates as it would have without the interruption.
+        sums = {k: torch.tensor(v, device=device) for k, v in state.get("log_sums", {}).items()}
+        count = int(state.get("log_count", 0))
         if main:  # rank 0 continues its streams exactly; others start fresh ones
             canvases.load_state_dict(state["canvas_rng"])
             torch.set_rng_state(state["torch_rng"])
@@ -157,6 +179,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
             "baseline_optimizer": opt_b.state_dict(), "canvas_rng": canvases.state_dict(),
             "torch_rng": torch.get_rng_state(), "nonfinite_total": nonfinite_total,
             "elapsed": elapsed + time.perf_counter() - t_start, "world": ddp.world,
+            "log_sums": {k: v.item() for k, v in sums.items()}, "log_count": count,
         }
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
@@ -183,8 +206,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
         return errs
 
     # Running sums stay on the device and are read once per log step: no per-update sync.
-    sums: dict[str, torch.Tensor] = {}
-    count, last_row = 0, {}
+    last_row: dict[str, Any] = {}
+    start_step = step
     t_start = time.perf_counter()
     deadline = t_start + cfg.time_limit * 60 if cfg.time_limit else math.inf
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True,
@@ -213,6 +236,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
                 nonfinite_total += 1
                 if nonfinite_run >= cfg.max_nonfinite:
                     bar.close()
+                    if main:  # skipped updates left the parameters as they last were good
+                        save_checkpoint()
                     raise WsramError(
                         f"stopped at update {step}: {nonfinite_run} non-finite losses or "
                         f"gradients in a row; {run_dir / 'last.pt'} holds the last good state")
@@ -257,7 +282,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
                 break
     bar.close()
     if main:
-        if step >= cfg.steps:
+        if step >= cfg.steps and step > start_step:  # not again on a no-op resume
             last_row.update({f"eval/{k}": v for k, v in evaluate().items()})
         save_checkpoint()
         metrics_file.close()
