@@ -4,6 +4,8 @@
 # Both create .venv and install what they need (PyTorch pinned to a CPU build).
 
 PYTHON ?= python3
+# What pip installs for PyTorch; e.g. TORCH='torch==2.13.0 --index-url <your wheel index>'
+TORCH  ?= torch==2.13.0
 VENV   := .venv
 BIN    := $(VENV)/bin
 RUN    ?= runs/demo
@@ -14,7 +16,7 @@ STEPS  ?= 3000
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[dev,tensorboard]'
 	touch $@
 
