@@ -187,5 +187,15 @@ def test_a_checkpoint_of_the_other_network_is_refused_in_one_line(capsys, runs) 
         before = (run / "last.pt").read_bytes()
         code, _, err = cli(capsys, "train", "--run-dir", str(run), "--resume", "--method", other,
                            "--steps", "20", "--no-progress")
-        assert code == 2 and "made with a different model: model=" in err, err
+        assert code == 2 and "cannot resume with a different config (method" in err, err
         assert len(err.strip().splitlines()) == 1 and (run / "last.pt").read_bytes() == before
+        # A config that names the other network is caught by the checkpoint itself.
+        fake = run.parent / f"{run.name}-edited"
+        fake.mkdir()
+        (fake / "last.pt").write_bytes(before)
+        cfg = (run / "config.yaml").read_text()
+        (fake / "config.yaml").write_text(
+            "\n".join(f"method: {other}" if line.startswith("method:") else line
+                      for line in cfg.splitlines()))
+        code, _, err = cli(capsys, "evaluate", str(fake))
+        assert code == 2 and "made with a different model: model=" in err, err
