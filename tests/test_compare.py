@@ -36,7 +36,13 @@ def test_compare_end_to_end(capsys, tmp_path: Path) -> None:
         assert r["updates"] == 8 and 0 <= r["test_error_mc"] <= 1
         assert r["final_grad_var"] > 0 and 1 <= r["final_ess"] <= 3
     assert "temperature: 1.5" in (out / "var+c+explore" / "config.yaml").read_text()
+    shared = {b["parameters_of"]: b for b in res["variance_at_shared"]}
+    assert set(shared) == {"var+c", "wsram+q+c"}
+    for block in shared.values():
+        assert set(block["variance"]) == names - {"var+c+explore", "wsram+q+c+explore"}
+        assert all(v["grad_var"] > 0 for v in block["variance"].values())
     md = (out / "results.md").read_text()
+    assert "Gradient variance at the same parameters: those of wsram+q+c" in md
     assert "| WS-RAM+q |" in md and "Updates to reach" in md
     for fig in ("figure2.png", "figure4_exploration.png"):
         assert (out / fig).read_bytes()[:4] == b"\x89PNG"

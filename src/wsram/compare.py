@@ -74,7 +74,46 @@ def compare(base: Config, out_dir: str | Path, variants: list[Variant] | None = 
     meta = {"variants": [{"name": v.name, "method": v.method, "overrides": v.overrides}
                          for v in variants]}
     atomic_write_bytes(out_dir / "variants.json", lambda f: f.write(json.dumps(meta).encode()))
+    shared = variance_at_shared_parameters(out_dir, [v.name for v in variants])
+    atomic_write_bytes(out_dir / "variance_at_shared.json",
+                       lambda f: f.write((json.dumps(shared, indent=2) + "\n").encode()))
     return write_results(out_dir)
+
+
+SHARED_SOURCES = ("var+c", "wsram+q+c")  # runs whose final parameters every estimator is tried at
+
+
+def variance_at_shared_parameters(out_dir: Path, names: list[str],
+                                  repeats: int = 20) -> list[dict[str, Any]]:
+    """Gradient variance of every method's estimator at the same parameters and minibatch.
+
+    Curves against updates compare models in different states (a policy that has
+    collapsed has little variance left); this compares the estimators themselves, at the
+    final parameters of each run in SHARED_SOURCES, on the diagnostics' fixed minibatch.
+    """
+    import torch
+
+    from .data import CanvasGenerator, CanvasSpec, load_digits
+    from .diagnostics import gradient_estimates, variance_stats
+    from .runs import load_run
+
+    out = []
+    for source in (s for s in SHARED_SOURCES if s in names):
+        cfg, model, state = load_run(out_dir / source)
+        spec = CanvasSpec(cfg.canvas_size, cfg.digit_min, cfg.digit_max)
+        x, y = CanvasGenerator(load_digits("train", cfg.data_dir), spec,
+                               seed=cfg.seed + 2).sample(cfg.diag_batch)
+        table = {}
+        for name, method in METHODS.items():
+            if not method.attends or (name == "vimco" and cfg.samples < 2):
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                g = gradient_estimates(model, method, x, y, cfg.samples, repeats)
+            table[name] = variance_stats(g)
+        out.append({"parameters_of": source, "step": int(state["step"]), "repeats": repeats,
+                    "batch": cfg.diag_batch, "samples": cfg.samples, "variance": table})
+    return out
 
 
 def _run_parallel(cfgs: dict[str, Config], out_dir: Path, jobs: int) -> None:
@@ -170,7 +209,9 @@ def write_results(out_dir: str | Path) -> dict[str, Any]:
                    "wsram+q+c_updates_to_reach_it": reach,
                    "ratio": summary["var+c"]["updates"] / reach if reach else None}
     cfg = load_yaml(out_dir / names[0] / "config.yaml")
-    results = {"runs": summary, "speedup": speedup,
+    shared_path = out_dir / "variance_at_shared.json"
+    shared = json.loads(shared_path.read_text()) if shared_path.is_file() else []
+    results = {"runs": summary, "speedup": speedup, "variance_at_shared": shared,
                "setup": {k: cfg.get(k) for k in ("samples", "steps", "batch_size", "lr",
                                                   "canvas_size", "glimpses", "seed")}}
     atomic_write_bytes(out_dir / "results.json",
@@ -240,6 +281,16 @@ def _markdown(res: dict[str, Any]) -> str:
                   f"after {sp['var+c_updates']} updates; WS-RAM+q+c first reached it after "
                   f"{_num(sp['wsram+q+c_updates_to_reach_it'], '{}')} updates"
                   + (f": {sp['ratio']:.1f}x fewer." if sp["ratio"] else " (never).")]
+    for block in res.get("variance_at_shared") or []:
+        lines += ["", f"## Gradient variance at the same parameters: those of "
+                  f"{block['parameters_of']} after {block['step']} updates", "",
+                  f"R = {block['repeats']} independent estimates of the prediction network's "
+                  f"gradient on one fixed batch of {block['batch']} images, K = "
+                  f"{block['samples']}, every estimator at the same parameters.", "",
+                  "| estimator | trace of covariance | relative to squared norm of mean |",
+                  "|---|---|---|"]
+        for n, v in block["variance"].items():
+            lines.append(f"| {n} | {_num(v['grad_var'])} | {_num(v['grad_var_rel'])} |")
     lines += ["", "Training error: one trajectory of the prediction network's own policy per "
               "training image, smoothed over 5 log steps; 'mean of K': class probabilities "
               "averaged over K trajectories of that policy, on the diagnostics' fixed batch "
