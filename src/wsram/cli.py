@@ -98,7 +98,12 @@ def run(argv: list[str] | None = None) -> int:
         cfg = _config_from_args(args)
         row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.no_progress)
-        print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
+        if "step" not in row:
+            print(f"{args.run_dir}: already at {cfg.steps} updates; nothing to train "
+                  "(raise --steps to continue)")
+        else:
+            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
+                              for k, v in row.items()}))
     elif args.command == "evaluate":
         from .evaluate import evaluate_run
 
