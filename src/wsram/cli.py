@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import Config, load_yaml, make_config
+from .config import Config, field_help, load_yaml, make_config
 from .errors import WsramError
 
 
@@ -19,10 +19,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (any key of the config file)")
+    notes = field_help()
     for f in fields(Config):
+        note = notes.get(f.name, "").replace("%", "%%")
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg.{f.name}", metavar="V",
                        default=argparse.SUPPRESS, nargs="+" if f.name == "scales" else None,
-                       help=f"default: {getattr(Config(), f.name)!r}")
+                       help=f"{note} (default: {getattr(Config(), f.name)!r})".lstrip())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -151,6 +151,18 @@ def field_names() -> list[str]:
     return [f.name for f in fields(Config)]
 
 
+def field_help() -> dict[str, str]:
+    """Each field's comment in the Config class above, for ``--help`` and config files."""
+    import inspect
+
+    out = {}
+    for line in inspect.getsource(Config).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
 def coerce(name: str, value: Any) -> Any:
     """Convert ``value`` (from YAML or a command-line string) to the type of field ``name``."""
     if name not in _HINTS or name in ("MODEL_KEYS", "RESUMABLE_KEYS"):
