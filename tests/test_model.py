@@ -173,3 +173,32 @@ def test_rollout_shapes_and_temperature_densities() -> None:
     assert r1.sampled_from_prior and r1.log_sampler is r1.log_prior
     det = model.rollout(x, None, 2, deterministic=True)
     assert torch.equal(det.locs[:, 0], det.locs[:, 1]) and det.log_lik is None
+
+
+@pytest.mark.parametrize("name, temperature", [("wsram+q+c", 1.0), ("var+c", 2.0),
+                                               ("wsram", 1.0)])
+def test_training_error_comes_from_the_models_own_untempered_policy(
+        name: str, temperature: float, monkeypatch) -> None:
+    from wsram.config import make_config
+    from wsram.train import forward_step
+
+    model, (x, y) = tiny_model(), batch()
+    cfg = make_config(canvas_size=32, digit_min=10, digit_max=20, glimpses=2, patch=4,
+                      scales=[0.25, 0.5], hidden=16, context_size=8, loc_std=0.2,
+                      num_classes=3, samples=4, method=name, temperature=temperature)
+    calls = []
+    real = model.rollout
+
+    def spy(*args, **kw):
+        r = real(*args, **kw)
+        calls.append((kw.get("proposal", "prior"), kw.get("temperature", 1.0), r))
+        return r
+
+    monkeypatch.setattr(model, "rollout", spy)
+    _, _, rollout, err = forward_step(model, METHODS[name], cfg, x, y)
+    if name == "wsram":  # samples of the prior itself: the first trajectory is reused
+        assert len(calls) == 1
+    else:  # q's or tempered samples: one more trajectory of the untempered prior
+        assert len(calls) == 2 and calls[1][:2] == ("prior", 1.0)
+    own = calls[-1][2].class_log_probs[:, 0].argmax(-1)
+    assert err.item() == (own != y).float().mean().item()
