@@ -47,7 +47,7 @@ from wsram.data import CanvasGenerator, CanvasSpec, load_digits
 from wsram.evaluate import test_errors
 from wsram.methods import METHODS
 from wsram.runs import build_model, test_set
-from wsram.train import forward_step
+from wsram.train import CompiledOrEager, forward_step
 
 SETUPS: dict[str, dict[str, Any]] = {
     "default": dict(method="wsram+q+c", batch_size=64, samples=5),
@@ -150,8 +150,12 @@ def peak_rss_bytes() -> int:
 
 
 # --- training -------------------------------------------------------------------------
+# Options of the training update that the command line may set for every setup.
+OPTIONS: dict[str, Any] = {}
+
+
 def setup_config(name: str, device: str) -> Config:
-    return make_config(device=device, **SETUPS[name])
+    return make_config(device=device, **{**SETUPS[name], **OPTIONS})
 
 
 def train_flops_per_trajectory(cfg: Config) -> float:
@@ -171,8 +175,10 @@ def train_flops_per_trajectory(cfg: Config) -> float:
     return 2 * 3 * layers_per_traj + 2 * (per_image / K + per_traj)
 
 
-def bench_train(name: str, device: str, threads: int, seconds: float) -> dict[str, float]:
+def bench_train(name: str, device: str, threads: int, seconds: float,
+                options: dict[str, Any] | None = None) -> dict[str, float]:
     """Time the work of one `wsram train` update; run in a fresh process for the memory."""
+    OPTIONS.update(options or {})
     if threads:
         torch.set_num_threads(threads)
     cfg = setup_config(name, device)
@@ -190,10 +196,11 @@ def bench_train(name: str, device: str, threads: int, seconds: float) -> dict[st
     opt = torch.optim.Adam([{"params": model.theta()}, {"params": model.eta()}], lr=cfg.lr)
     opt_b = torch.optim.Adam([{"params": model.baseline_params()}], lr=cfg.baseline_lr)
     groups = [g for g in (model.theta(), model.eta(), model.baseline_params()) if g]
+    rollout_fn = CompiledOrEager(model.rollout) if cfg.compile else model.rollout
 
     def update() -> None:  # the step of train.py: sample, forward_step, backward, clip, Adam
         x, y = gen.sample(cfg.batch_size)
-        loss = forward_step(model, m, cfg, x, y)[0]
+        loss = forward_step(model, m, cfg, x, y, rollout_fn)[0]
         opt.zero_grad(set_to_none=True)
         opt_b.zero_grad(set_to_none=True)
         loss.backward()
@@ -230,7 +237,7 @@ def bench_train_isolated(name: str, device: str, threads: int, seconds: float) -
     """bench_train in a fresh process, so that each setup's peak memory is its own."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(q, name, device, threads, seconds))
+    p = ctx.Process(target=_child, args=(q, name, device, threads, seconds, dict(OPTIONS)))
     p.start()
     out = q.get()
     p.join()
@@ -281,14 +288,20 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = default")
     p.add_argument("--seconds", type=float, default=3.0, help="timing per measurement")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="training precision (bf16 autocast)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training rollout (compiling is not timed)")
     p.add_argument("--parts", nargs="+", default=["train", "data", "eval"],
                    choices=["train", "data", "eval"])
     p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     a = p.parse_args()
+    OPTIONS.update(precision=a.precision, compile=a.compile)
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    print(header(a.device), flush=True)
+    print(header(a.device) + f", training precision {a.precision}"
+          + (", rollout compiled" if a.compile else ""), flush=True)
     trained: dict[str, dict] = {}
 
     if "train" in a.parts:

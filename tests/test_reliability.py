@@ -207,3 +207,20 @@ def test_checkpoint_file_is_never_torn(tmp_path: Path, monkeypatch) -> None:
         checkpoint.save(tmp_path / "last.pt", {"step": 2})
     assert checkpoint.load(tmp_path / "last.pt")["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_compile_failure_falls_back_to_eager(tmp_path: Path, monkeypatch, capsys) -> None:
+    def broken_compile(fn):
+        def run(*args, **kwargs):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    row = train(tiny(steps=5, compile=True, diag_every=0), tmp_path / "a", progress=False)
+    assert row["step"] == 5
+    assert "torch.compile failed (RuntimeError: no compiler here); running eagerly" \
+        in capsys.readouterr().err
+    # Falling back changes nothing: the same run as without the switch.
+    train(tiny(steps=5, diag_every=0), tmp_path / "b", progress=False)
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)

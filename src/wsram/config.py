@@ -63,6 +63,7 @@ class Config:
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"  # fp32, or bf16 (autocast of the networks; estimators stay fp32)
+    compile: bool = False  # torch.compile the training rollout; eager again if it fails
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
     # Fields a resumed run may change: how long and where it runs, and what it logs.

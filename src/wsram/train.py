@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
     # network (or the baseline) never shrinks the prediction network's.
     groups = [g for g in (model.theta(), model.eta(), model.baseline_params()) if g]
     params = [p for g in groups for p in g]
+    rollout_fn = CompiledOrEager(model.rollout) if cfg.compile else model.rollout
     if not main:  # other ranks sample other actions
         torch.manual_seed(distributed.rank_seed(cfg.seed, ddp.rank, 3))
 
@@ -216,7 +218,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
         while step < cfg.steps:
             # --- step: sample a batch, K trajectories per image, estimator -> loss ---
             x, y = canvases.sample(cfg.batch_size)
-            loss, est, rollout, train_err = forward_step(model, method, cfg, x, y)
+            loss, est, rollout, train_err = forward_step(model, method, cfg, x, y, rollout_fn)
 
             # --- backward, average over ranks, non-finite guard, clip, update ---
             opt.zero_grad(set_to_none=True)
@@ -292,15 +294,37 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
     return last_row
 
 
+class CompiledOrEager:
+    """``torch.compile(fn)``, falling back to ``fn`` for good (with one line on stderr) if
+    compiling or running the compiled code fails."""
+
+    def __init__(self, fn: Any):
+        self.eager = fn
+        self.compiled: Any = torch.compile(fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+                self.compiled = None
+                print(f"wsram: torch.compile failed ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:120] if str(e) else ''}); running eagerly",
+                      file=sys.stderr)
+        return self.eager(*args, **kwargs)
+
+
 def forward_step(model: torch.nn.Module, method: Method, cfg: Config, x: torch.Tensor,
-                 y: torch.Tensor) -> tuple[torch.Tensor, EstimatorOutput, Rollout, torch.Tensor]:
+                 y: torch.Tensor, rollout_fn: Any = None,
+                 ) -> tuple[torch.Tensor, EstimatorOutput, Rollout, torch.Tensor]:
     """One update's forward work: K trajectories per image, the method's estimator, the
     exploration heuristics, and the training error. Returns (loss, estimator output,
-    rollout, training error)."""
+    rollout, training error). ``rollout_fn`` (default ``model.rollout``) runs the K
+    trajectories, e.g. a compiled version of it."""
     bf16 = cfg.precision == "bf16"
     with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
-        rollout = model.rollout(x, y, cfg.samples, proposal=method.proposal,
-                                temperature=cfg.temperature)
+        rollout = (rollout_fn or model.rollout)(x, y, cfg.samples, proposal=method.proposal,
+                                                temperature=cfg.temperature)
     est = method.objective(rollout, cfg.cv_gamma)
     loss = est.loss
     if cfg.entropy:
