@@ -187,7 +187,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
         checkpoint.save(run_dir / name, state)
 
-    tb = _tensorboard(run_dir / "tb") if main else None
+    tb = _tensorboard(run_dir / "tb", step) if main else None
     metrics_file = open(run_dir / "metrics.jsonl", "a") if main else None
 
     def log(row: dict[str, Any]) -> None:
@@ -357,9 +357,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     checkpoint.atomic_write_bytes(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
 
 
-def _tensorboard(path: Path):
+def _tensorboard(path: Path, step: int):
+    """A TensorBoard writer, or None without TensorBoard; on resume, events logged after
+    the checkpoint's step are purged, as metrics.jsonl's lines are."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(path))
+    return SummaryWriter(str(path), purge_step=step + 1 if step else None)
