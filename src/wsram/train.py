@@ -100,6 +100,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         if resume:
             check_resume(cfg, run_dir)
         with RunLock(run_dir):
+            # A process killed while writing (SIGKILL, power loss) leaves its temporary
+            # file behind; the file it was replacing is intact. Holding the lock, sweep.
+            for stale in run_dir.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
             if overwrite and not resume:
                 for f in RUN_FILES:
                     (run_dir / f).unlink(missing_ok=True)
