@@ -51,10 +51,6 @@ class Method:
         return self.estimator(rollout, self.control_variate, gamma)
 
     @property
-    def uses_baseline(self) -> bool:
-        return self.estimator is _var and self.control_variate
-
-    @property
     def attends(self) -> bool:
         """False for the CNN baseline, which reads the whole canvas and takes no glimpses."""
         return self.estimator is not _max_likelihood
