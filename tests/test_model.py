@@ -195,7 +195,8 @@ def test_training_error_comes_from_the_models_own_untempered_policy(
         return r
 
     monkeypatch.setattr(model, "rollout", spy)
-    _, _, rollout, err = forward_step(model, METHODS[name], cfg, x, y)
+    _, _, rollout, extra = forward_step(model, METHODS[name], cfg, x, y)
+    err = extra["error"]
     if name == "wsram":  # samples of the prior itself: the first trajectory is reused
         assert len(calls) == 1
     else:  # q's or tempered samples: one more trajectory of the untempered prior

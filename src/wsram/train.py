@@ -15,17 +15,16 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, distributed
-from .config import Config, load_yaml, make_config
-from .data import CanvasGenerator, CanvasSpec, load_digits
-from .diagnostics import diagnose
+from .config import TrainConfig, load_yaml, make_config
 from .errors import WsramError
 from .estimators import EstimatorOutput
-from .evaluate import test_errors
 from .methods import METHODS, Method
 from .models import Rollout
-from .runs import RunLock, build_model, save_config, test_set
+from .runs import RunLock, save_config
+from .task import Task, classification_metrics, device_of, task_for
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "eval.json", "glimpses.png")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "eval.json", "glimpses.png",
+             "encoder.pt", "captions")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -46,15 +45,19 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise WsramError(f"{run_dir}: cannot write to the run folder ({e.strerror})") from None
 
 
-def check_resume(cfg: Config, run_dir: Path) -> None:
+def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
     """Refuse to continue a run with a config that would make it another run: only how
-    long, where and how verbosely it runs may change (Config.RESUMABLE_KEYS)."""
+    long, where and how verbosely it runs may change (TrainConfig.RESUMABLE_KEYS)."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         raise WsramError(f"{run_dir}: nothing to resume (no config.yaml)")
-    saved = make_config(load_yaml(saved_path)).to_dict()
+    try:
+        saved = make_config(load_yaml(saved_path), type(cfg)).to_dict()
+    except WsramError as e:
+        raise WsramError(f"{run_dir}: cannot resume: its config.yaml is not a "
+                         f"{type(cfg).__name__} ({e})") from None
     diff = [f"{k} {saved[k]!r} -> {v!r}" for k, v in cfg.to_dict().items()
-            if saved.get(k) != v and k not in Config.RESUMABLE_KEYS]
+            if saved.get(k) != v and k not in cfg.RESUMABLE_KEYS]
     if diff:
         raise WsramError(f"{run_dir}: cannot resume with a different config ({'; '.join(diff)}"
                          "); train into a new folder instead")
@@ -83,9 +86,10 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg.method`` into ``run_dir``; return the last logged metrics.
+    """Train ``cfg.method`` on the task ``cfg`` describes into ``run_dir``; return the last
+    logged metrics.
 
     Under ``torchrun`` every rank calls this; rank 0 alone checks, locks and writes the
     run folder, and ``batch_size`` is per rank.
@@ -106,14 +110,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 stale.unlink(missing_ok=True)
             if overwrite and not resume:
                 for f in RUN_FILES:
-                    (run_dir / f).unlink(missing_ok=True)
+                    if (run_dir / f).is_dir():
+                        shutil.rmtree(run_dir / f, ignore_errors=True)
+                    else:
+                        (run_dir / f).unlink(missing_ok=True)
                 shutil.rmtree(run_dir / "tb", ignore_errors=True)
             return _train(cfg, run_dir, resume, progress, ddp)
     finally:
         ddp.close()
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
            ddp: distributed.Dist) -> dict[str, Any]:
     # --- setup: seeds, data, model, optimisers ---
     if cfg.threads:
@@ -128,16 +135,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
     main = ddp.is_main
     torch.manual_seed(cfg.seed)  # the same initial parameters on every rank
     method = METHODS[cfg.method]
-    spec = CanvasSpec(cfg.canvas_size, cfg.digit_min, cfg.digit_max)
-    train_digits = load_digits("train", cfg.data_dir)
-    canvases = CanvasGenerator(train_digits, spec, device=device,
-                               seed=distributed.rank_seed(cfg.seed, ddp.rank, 1))
+    task: Task = task_for(cfg)
+    if hasattr(task, "prepare"):  # e.g. pretrain an encoder, compute features (rank 0 writes)
+        task.prepare(run_dir, device, main, resume)
+    stream = task.stream(device, distributed.rank_seed(cfg.seed, ddp.rank, 1))
     if main:
-        x_eval, y_eval = test_set(cfg, cfg.eval_size)
-        # The diagnostics' fixed minibatch: a stream of its own, so training's is untouched.
-        x_diag, y_diag = CanvasGenerator(train_digits, spec, seed=cfg.seed + 2,
-                                         device=device).sample(cfg.diag_batch)
-    model = build_model(cfg).to(device)
+        task.prepare_eval(device)
+    torch.manual_seed(cfg.seed)  # whatever the preparation drew, the same initial parameters
+    model = task.build_model().to(device)
     opt = torch.optim.Adam([{"params": model.theta()}, {"params": model.eta()}], lr=cfg.lr)
     # A parameter group, not a list, so that a model without a baseline (cnn) gets an empty one.
     opt_b = torch.optim.Adam([{"params": model.baseline_params()}], lr=cfg.baseline_lr)
@@ -166,15 +171,15 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
         sums = {k: torch.tensor(v, device=device) for k, v in state.get("log_sums", {}).items()}
         count = int(state.get("log_count", 0))
         if main:  # rank 0 continues its streams exactly; others start fresh ones
-            canvases.load_state_dict(state["canvas_rng"])
+            # "canvas_rng": the key before tasks other than classification existed
+            stream.load_state_dict(state.get("data_rng", state.get("canvas_rng")))
             torch.set_rng_state(state["torch_rng"])
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
             _truncate_metrics(run_dir / "metrics.jsonl", step)
         else:
             torch.manual_seed(distributed.rank_seed(cfg.seed, ddp.rank, 3) + step)
-            canvases = CanvasGenerator(train_digits, spec, device=device,
-                                       seed=distributed.rank_seed(cfg.seed, ddp.rank, 1) + step)
+            stream = task.stream(device, distributed.rank_seed(cfg.seed, ddp.rank, 1) + step)
     if main:
         save_config(cfg, run_dir)
 
@@ -182,10 +187,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
         state = {
             "step": step, "best": best, "config": cfg.model_dict(), "method": cfg.method,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "baseline_optimizer": opt_b.state_dict(), "canvas_rng": canvases.state_dict(),
+            "baseline_optimizer": opt_b.state_dict(), "data_rng": stream.state_dict(),
             "torch_rng": torch.get_rng_state(), "nonfinite_total": nonfinite_total,
             "elapsed": elapsed + time.perf_counter() - t_start, "world": ddp.world,
             "log_sums": {k: v.item() for k, v in sums.items()}, "log_count": count,
+            **task.extra_state(),
         }
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
@@ -204,10 +210,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
 
     def evaluate() -> dict[str, float]:
         nonlocal best
-        errs = test_errors(model, x_eval, y_eval, samples=cfg.eval_samples)
+        errs = task.evaluate(model)
         log({"step": step, **{f"eval/{k}": v for k, v in errs.items()}})
-        if errs["test_error_mc"] < best:
-            best = errs["test_error_mc"]
+        # best holds a value where lower is better, whichever way the task's key points
+        score = -errs[task.select_key] if task.select_higher else errs[task.select_key]
+        if score < best:
+            best = score
             save_checkpoint("best.pt")
         return errs
 
@@ -221,8 +229,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
     with _Stop() as stop:
         while step < cfg.steps:
             # --- step: sample a batch, K trajectories per image, estimator -> loss ---
-            x, y = canvases.sample(cfg.batch_size)
-            loss, est, rollout, train_err = forward_step(model, method, cfg, x, y, rollout_fn)
+            x, y = stream.sample(cfg.batch_size)
+            loss, est, rollout, extra = forward_step(model, method, cfg, x, y, rollout_fn,
+                                                     task.train_metrics)
 
             # --- backward, average over ranks, non-finite guard, clip, update ---
             opt.zero_grad(set_to_none=True)
@@ -256,7 +265,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
             step += 1
 
             # --- log (rank 0) ---
-            vals = {"loss": loss, "error": train_err, "ess": est.ess.mean(),
+            vals = {"loss": loss, **extra, "ess": est.ess.mean(),
                     "bound": est.bound.mean(), "entropy": rollout.entropy.mean(),
                     "grad_norm": norm, **est.terms}
             for k, v in vals.items():
@@ -276,10 +285,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool,
 
             # --- diagnostics, eval and checkpoint (rank 0) ---
             if main and cfg.diag_every and step % cfg.diag_every == 0:
-                diag = diagnose(model, method, x_diag, y_diag, cfg.samples, cfg.diag_repeats,
-                                seed=cfg.seed * 1_000_003 + step, temperature=cfg.temperature,
-                                gamma=cfg.cv_gamma)
-                log({"step": step, **{f"diag/{k}": v for k, v in diag.items()}})
+                diag = task.diagnose(model, method, step)
+                if diag:
+                    log({"step": step, **{f"diag/{k}": v for k, v in diag.items()}})
             if main and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 evaluate()
             if main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
@@ -318,15 +326,16 @@ class CompiledOrEager:
         return self.eager(*args, **kwargs)
 
 
-def forward_step(model: torch.nn.Module, method: Method, cfg: Config, x: torch.Tensor,
-                 y: torch.Tensor, rollout_fn: Any = None,
-                 ) -> tuple[torch.Tensor, EstimatorOutput, Rollout, torch.Tensor]:
+def forward_step(model: torch.nn.Module, method: Method, cfg: TrainConfig, x: Any,
+                 y: torch.Tensor, rollout_fn: Any = None, metrics: Any = classification_metrics,
+                 ) -> tuple[torch.Tensor, EstimatorOutput, Rollout, dict[str, torch.Tensor]]:
     """One update's forward work: K trajectories per image, the method's estimator, the
-    exploration heuristics, and the training error. Returns (loss, estimator output,
-    rollout, training error). ``rollout_fn`` (default ``model.rollout``) runs the K
-    trajectories, e.g. a compiled version of it."""
+    exploration heuristics, and the task's training metrics. Returns (loss, estimator
+    output, rollout, metrics such as ``{"error": ...}``). ``rollout_fn`` (default
+    ``model.rollout``) runs the K trajectories, e.g. a compiled version of it; ``metrics``
+    is the task's ``train_metrics``."""
     bf16 = cfg.precision == "bf16"
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+    with torch.autocast(device_of(x).type, torch.bfloat16, enabled=bf16):
         rollout = (rollout_fn or model.rollout)(x, y, cfg.samples, proposal=method.proposal,
                                                 temperature=cfg.temperature)
     est = method.objective(rollout, cfg.cv_gamma)
@@ -337,14 +346,7 @@ def forward_step(model: torch.nn.Module, method: Method, cfg: Config, x: torch.T
         loss = loss + cfg.coverage * sum(
             d.coverage_penalty() for d in rollout.prior_dists) / len(rollout.prior_dists)
 
-    # Training error: one trajectory of the prediction network's own (untempered) policy
-    # per image, never one of the label-aware proposal's.
-    if rollout.sampled_from_prior:
-        pred = rollout.class_log_probs[:, 0].detach().argmax(-1)
-    else:
-        with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
-            pred = model.rollout(x, num_samples=1).class_log_probs[:, 0].argmax(-1)
-    return loss, est, rollout, (pred != y).float().mean()
+    return loss, est, rollout, metrics(model, rollout, x, y, bf16)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
