@@ -65,13 +65,11 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), lambda f: torch.save(state, f))
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without executing code from it; errors say what is wrong."""
-    path = Path(path)
+def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).splitlines()[0] if str(e) else "unpickling refused"
         raise CheckpointError(
@@ -79,8 +77,27 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(f"{path}: truncated or not a checkpoint ({str(e)[:80]})") from None
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without executing code from it; errors say what is wrong."""
+    path = Path(path)
+    state = _torch_load(path, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a wsram checkpoint")
+    return state
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from someone else's file (e.g. torchvision's ``.pth``), loaded
+    without executing code; ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers unwrapped."""
+    path = Path(path)
+    state = _torch_load(path)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
     return state
 
 

@@ -7,8 +7,9 @@ import json
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
-from .config import Config, field_help, load_yaml, make_config
+from .config import Config, TrainConfig, field_help, load_yaml, make_config
 from .errors import WsramError
 
 
@@ -17,14 +18,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
-def _add_config_options(p: argparse.ArgumentParser) -> None:
+def _add_config_options(p: argparse.ArgumentParser, cls: type[TrainConfig] = Config) -> None:
     g = p.add_argument_group("configuration (any key of the config file)")
-    notes = field_help()
-    for f in fields(Config):
+    notes = field_help(cls)
+    for f in fields(cls):
         note = notes.get(f.name, "").replace("%", "%%")
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg.{f.name}", metavar="V",
                        default=argparse.SUPPRESS, nargs="+" if f.name == "scales" else None,
-                       help=f"{note} (default: {getattr(Config(), f.name)!r})".lstrip())
+                       help=f"{note} (default: {getattr(cls(), f.name)!r})".lstrip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,10 +72,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="redraw tables and figures of DIR from its files; train nothing")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_options(c)
+
+    from .captioning.config import CaptionConfig
+
+    cap = sub.add_parser("caption", help="image captioning with hard attention (train, "
+                         "evaluate, show, plot)")
+    csub = cap.add_subparsers(dest="caption_command", required=True, parser_class=_Parser)
+    ct = csub.add_parser("train", help="train a caption model into a run folder")
+    ct.add_argument("--run-dir", required=True, help="folder for config, metrics, checkpoints")
+    ct.add_argument("--config", help="YAML file of config keys (flags override it)")
+    ct.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    ct.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
+    ct.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_options(ct, CaptionConfig)
+    ce = csub.add_parser("evaluate", help="BLEU-1..4 and CIDEr of greedy and beam-search "
+                         "captions (writes RUN/eval.json and RUN/captions.json)")
+    ce.add_argument("run_dir")
+    ce.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    ce.add_argument("--split", choices=["val", "test"], default="test")
+    ce.add_argument("--beam-size", type=int, help="beam width (default: the run's beam_size)")
+    ce.add_argument("--size", type=int, help="first N images of the split (default: all)")
+    cs = csub.add_parser("show", help="a PNG per image: the caption and each word's glimpse")
+    cs.add_argument("run_dir")
+    cs.add_argument("--out", help="folder for the PNGs (default RUN/show)")
+    cs.add_argument("--num", type=int, default=8, help="images to draw")
+    cs.add_argument("--split", choices=["val", "test"], default="test")
+    cs.add_argument("--beam-size", type=int, default=1, help="beam width (default 1: greedy)")
+    cs.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    cp = csub.add_parser("plot", help="a metric of several runs against updates (e.g. the "
+                         "training NLL of VAR and WS-RAM, paper Figure 6)")
+    cp.add_argument("run_dirs", nargs="+", metavar="RUN")
+    cp.add_argument("--out", required=True, help="PNG path")
+    cp.add_argument("--key", default="train/nll", help="metrics.jsonl key (default train/nll)")
+    cp.add_argument("--max-step", type=int, help="plot updates up to this one")
+    cp.add_argument("--title", help="figure title")
     return parser
 
 
-def _config_from_args(args: argparse.Namespace) -> Config:
+def _config_from_args(args: argparse.Namespace, cls: type[TrainConfig] = Config) -> Any:
     base = {}
     if getattr(args, "resume", False):
         cfg_path = Path(args.run_dir) / "config.yaml"
@@ -84,7 +119,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     if args.config:
         base.update(load_yaml(args.config))
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg.")}
-    return make_config(base, **overrides)
+    return make_config(base, cls, **overrides)
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -168,6 +203,8 @@ def run(argv: list[str] | None = None) -> int:
             except OSError as e:
                 raise WsramError(f"{out}: cannot write ({e.strerror})") from None
             print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
+    elif args.command == "caption":
+        _caption(args)
     elif args.command == "show":
         from .plots import show_glimpses
 
@@ -175,6 +212,60 @@ def run(argv: list[str] | None = None) -> int:
         out = show_glimpses(args.run_dir, args.out, args.num, not args.sampled, args.checkpoint)
         print(f"wrote {out}")
     return 0
+
+
+def _caption(args: argparse.Namespace) -> None:
+    from .captioning.config import CaptionConfig
+
+    if args.caption_command == "train":
+        from .train import train
+
+        if args.resume and (Path(args.run_dir) / "config.yaml").is_file():
+            raw = load_yaml(Path(args.run_dir) / "config.yaml")
+            if "dataset" not in raw:
+                raise WsramError(f"{args.run_dir}: not a caption run; resume it with wsram train")
+        cfg = _config_from_args(args, CaptionConfig)
+        row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
+                    progress=not args.no_progress)
+        if "step" not in row:
+            print(f"{args.run_dir}: already at {cfg.steps} updates; nothing to train "
+                  "(raise --steps to continue)")
+        else:
+            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
+                              for k, v in row.items()}))
+    elif args.caption_command == "evaluate":
+        from .captioning.report import evaluate_caption_run
+
+        _positive("beam-size", args.beam_size)
+        _positive("size", args.size)
+        res = evaluate_caption_run(args.run_dir, args.checkpoint, args.split, args.beam_size,
+                                   args.size)
+        print(f"{args.run_dir} ({res['checkpoint']}, update {res['step']}, {res['split']} "
+              f"split, {res['images']} images, no teacher forcing)")
+        print(f"  {'':<22}{'BLEU-1':>8}{'BLEU-2':>8}{'BLEU-3':>8}{'BLEU-4':>8}{'CIDEr':>8}")
+        for name, key in (("greedy", "greedy"), (f"beam {res['beam_size']}", "beam")):
+            sc = res[key]
+            print(f"  {name:<22}" + "".join(f"{sc[k]:>8.3f}" for k in
+                                              ("bleu1", "bleu2", "bleu3", "bleu4", "cider")))
+        if "selected_on" in res:
+            print(f"  note: best.pt was selected on {res['selected_on']}")
+        print(f"  written to {Path(args.run_dir) / 'eval.json'} and "
+              f"{Path(args.run_dir) / 'captions.json'}")
+    elif args.caption_command == "show":
+        from .captioning.report import show_captions
+
+        _positive("num", args.num)
+        _positive("beam-size", args.beam_size)
+        paths = show_captions(args.run_dir, args.out, args.num, args.split, args.checkpoint,
+                              args.beam_size)
+        print(f"wrote {len(paths)} PNGs to {paths[0].parent}" if paths else "nothing to draw")
+    elif args.caption_command == "plot":
+        from .captioning.report import plot_curves
+
+        if args.max_step is not None:
+            _positive("max-step", args.max_step)
+        out = plot_curves(args.run_dirs, args.out, args.key, args.max_step, args.title)
+        print(f"wrote {out}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -115,8 +115,8 @@ class ClassificationTask:
         return {}
 
 
-def task_for(cfg: TrainConfig) -> Task:
-    """The task a config describes."""
+def task_for(cfg: TrainConfig, progress: bool = True) -> Task:
+    """The task a config describes (``progress``: bars on long preparation work)."""
     if isinstance(cfg, Config):
         return ClassificationTask(cfg)
     from .captioning.config import CaptionConfig
@@ -124,7 +124,7 @@ def task_for(cfg: TrainConfig) -> Task:
     if isinstance(cfg, CaptionConfig):
         from .captioning.task import CaptionTask
 
-        return CaptionTask(cfg)
+        return CaptionTask(cfg, progress=progress)
     raise TypeError(f"no task for a {type(cfg).__name__}")
 
 

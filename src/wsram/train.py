@@ -135,7 +135,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
     main = ddp.is_main
     torch.manual_seed(cfg.seed)  # the same initial parameters on every rank
     method = METHODS[cfg.method]
-    task: Task = task_for(cfg)
+    task: Task = task_for(cfg, progress)
     if hasattr(task, "prepare"):  # e.g. pretrain an encoder, compute features (rank 0 writes)
         task.prepare(run_dir, device, main, resume)
     stream = task.stream(device, distributed.rank_seed(cfg.seed, ddp.rank, 1))

@@ -1,0 +1,156 @@
+"""Evaluating and drawing caption runs: BLEU on a split, captions with their glimpses, and
+training curves of several runs (the paper's Figure 6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from ..checkpoint import atomic_write_bytes, writable_output  # noqa: E402
+from ..errors import WsramError  # noqa: E402
+from .task import load_caption_run  # noqa: E402
+
+SPLITS = ("val", "test")
+
+
+def evaluate_caption_run(run_dir: str | Path, which: str = "last", split: str = "test",
+                         beam_size: int | None = None, size: int | None = None,
+                         progress: bool = False) -> dict[str, Any]:
+    """BLEU-1..4 and CIDEr of greedy and beam-search captions of a split; writes
+    ``RUN/eval.json`` (top-level ``bleu1``..``bleu4`` and ``cider`` are beam search's)
+    and ``RUN/captions.json`` (every caption with its references)."""
+    if split not in SPLITS:
+        raise WsramError(f"--split: expected val or test, got {split!r}")
+    cfg, task, model, state = load_caption_run(run_dir, which, progress)
+    beam = cfg.beam_size if beam_size is None else beam_size
+    n = len(task.split(split)) if size is None else min(size, len(task.split(split)))
+    refs = task.split(split).references[:n]
+    greedy = task.captions(model, split, n, 1)
+    beamed = task.captions(model, split, n, beam) if beam > 1 else greedy
+    from .bleu import corpus_bleu
+
+    scores = {"greedy": corpus_bleu(refs, greedy), "beam": corpus_bleu(refs, beamed)}
+    result = {**scores["beam"], "decoding": f"beam search, width {beam}", "beam_size": beam,
+              "greedy": scores["greedy"], "beam": scores["beam"], "split": split,
+              "images": n, "teacher_forcing": False, "step": int(state["step"]),
+              "checkpoint": f"{which}.pt", "method": cfg.method}
+    if which == "best":
+        result["selected_on"] = (f"BLEU-4 of greedy captions of the first {cfg.eval_size} "
+                                 "val images")
+    run_dir = Path(run_dir)
+    atomic_write_bytes(run_dir / "eval.json",
+                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    rows = [{"image": i, "greedy": " ".join(g), "beam": " ".join(b),
+             "references": [" ".join(r) for r in rs]}
+            for i, (g, b, rs) in enumerate(zip(greedy, beamed, refs, strict=True))]
+    atomic_write_bytes(run_dir / "captions.json", lambda f: f.write(
+        (json.dumps({"split": split, "checkpoint": f"{which}.pt", "captions": rows},
+                    indent=1) + "\n").encode()))
+    return result
+
+
+def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: int = 8,
+                  split: str = "test", which: str = "last", beam_size: int = 1) -> list[Path]:
+    """One PNG per image: the generated caption, and for each word the feature cells it
+    attended (a box n cells wide in the chosen layer, drawn on the image)."""
+    if split not in SPLITS:
+        raise WsramError(f"--split: expected val or test, got {split!r}")
+    cfg, task, model, state = load_caption_run(run_dir, which)
+    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "show"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WsramError(f"{out_dir}: exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WsramError(f"{out_dir}: cannot create ({e.strerror})") from None
+    n = min(num, len(task.split(split)))
+    hyps, attn = task.captions(model, split, n, beam_size, with_attention=True)
+    images = task.split(split).images(0, n)
+    strides = task.encoder.strides
+    paths = []
+    for i in range(n):
+        img = images[i]
+        H, W = img.shape[-2:]
+        words = hyps[i] + ["<eos>"]
+        locs, layers = attn[i]
+        cols = min(8, len(words))
+        rows = 1 + (len(words) + cols - 1) // cols
+        fig = plt.figure(figsize=(1.6 * cols, 1.8 * rows + 0.6), layout="constrained")
+        grid = fig.add_gridspec(rows, cols)
+        ax = fig.add_subplot(grid[0, :])
+        _imshow(ax, img)
+        ax.set_title(" ".join(hyps[i]) or "(empty caption)", fontsize=9, wrap=True)
+        for t, word in enumerate(words):
+            ax = fig.add_subplot(grid[1 + t // cols, t % cols])
+            _imshow(ax, img)
+            s = int(layers[t])
+            side = cfg.neighbourhood * strides[s] * W / img.shape[-1]
+            cx, cy = (locs[t, 0].item() + 1) / 2 * W, (locs[t, 1].item() + 1) / 2 * H
+            ax.add_patch(plt.Rectangle((cx - side / 2 - 0.5, cy - side / 2 - 0.5), side, side,
+                                       fill=False, edgecolor="#e41a1c", linewidth=1.5))
+            ax.set_title(f"{word}\nlayer {s + 1}", fontsize=8)
+            ax.set_xlim(-0.5, W - 0.5)
+            ax.set_ylim(H - 0.5, -0.5)
+        fig.suptitle(f"{cfg.method}, update {state['step']}, {split} image {i}: each word "
+                     "with the region it attended (box: the layer's n x n cells)", fontsize=8)
+        path = out_dir / f"{split}-{i:04d}.png"
+        atomic_write_bytes(path, lambda f, fig=fig: fig.savefig(f, dpi=100, format="png"))
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _imshow(ax: Any, img: torch.Tensor) -> None:
+    ax.axis("off")
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
+
+
+def plot_curves(run_dirs: list[str | Path], out: str | Path, key: str = "train/nll",
+                max_step: int | None = None, title: str | None = None) -> Path:
+    """One line per run of ``key`` from its metrics.jsonl against updates (e.g. the
+    training negative log-likelihood of WS-RAM and VAR, paper Figure 6)."""
+    from ..plots import METHOD_COLOURS
+    from ..runs import read_metrics
+
+    out = writable_output(out, (".png",))
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    for run in run_dirs:
+        run = Path(run)
+        if not (run / "metrics.jsonl").is_file():
+            raise WsramError(f"{run}: not a run folder (no metrics.jsonl)")
+        rows = [r for r in read_metrics(run) if key in r
+                and (max_step is None or r["step"] <= max_step)]
+        if not rows:
+            raise WsramError(f"{run}: no {key!r} in metrics.jsonl")
+        method = _method(run)
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows],
+                label=f"{method} ({run.name})" if method != run.name else method,
+                color=METHOD_COLOURS.get(method))
+    ax.set_xlabel("updates")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    atomic_write_bytes(out, lambda f: fig.savefig(f, dpi=120, format="png"))
+    plt.close(fig)
+    return out
+
+
+def _method(run: Path) -> str:
+    import yaml
+
+    try:
+        return str(yaml.safe_load((run / "config.yaml").read_text()).get("method", run.name))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return run.name
