@@ -227,12 +227,15 @@ def _caption(args: argparse.Namespace) -> None:
         cfg = _config_from_args(args, CaptionConfig)
         row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.no_progress)
-        if "step" not in row:
-            print(f"{args.run_dir}: already at {cfg.steps} updates; nothing to train "
-                  "(raise --steps to continue)")
-        else:
+        if "step" in row:
             print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
                               for k, v in row.items()}))
+        elif cfg.steps == 0 and not args.resume:
+            print(f"{args.run_dir}: encoder and features ready ({Path(args.run_dir) / 'encoder.pt'}"
+                  "); no caption updates asked for (--steps 0)")
+        else:
+            print(f"{args.run_dir}: already at {cfg.steps} updates; nothing to train "
+                  "(raise --steps to continue)")
     elif args.caption_command == "evaluate":
         from .captioning.report import evaluate_caption_run
 

@@ -208,7 +208,11 @@ def cached_features(cache_dir: str | Path | None, key: dict[str, Any],
     name = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:20]
     path = cache_dir / f"features-{key.get('split', 'x')}-{name}.pt"
     if path.is_file():
-        state = checkpoint.load(path)
+        try:
+            state = checkpoint.load(path)
+        except CheckpointError as e:
+            raise DataError(f"unreadable feature cache: {e}; delete the file to recompute "
+                            "it") from None
         if state.get("key") != {k: str(v) for k, v in key.items()} or not isinstance(
                 state.get("layers"), list):
             raise DataError(f"{path}: a feature cache made for other data or another encoder; "

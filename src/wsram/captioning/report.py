@@ -78,8 +78,8 @@ def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: i
     for i in range(n):
         img = images[i]
         H, W = img.shape[-2:]
-        words = hyps[i] + ["<eos>"]
         locs, layers = attn[i]
+        words = (hyps[i] + ["<eos>"])[:len(layers)]  # no <eos> when max_len cut it
         cols = min(8, len(words))
         rows = 1 + (len(words) + cols - 1) // cols
         fig = plt.figure(figsize=(1.6 * cols, 1.8 * rows + 0.6), layout="constrained")

@@ -151,19 +151,27 @@ class CaptionTask:
         self.features["train"] = self.split_features("train")
 
     def load_encoder(self, run_dir: Path | None, main: bool, resume: bool) -> nn.Module:
+        """The fixed encoder. A digit encoder always lives in the run folder (encoder.pt),
+        whether pretrained here or copied from ``encoder_weights``, so the run folder alone
+        can be resumed and evaluated; a torchvision one is read from the user's file."""
         cfg = self.cfg
         if cfg.encoder != "digits":
             return ResNetEncoder(cfg.encoder, cfg.encoder_weights)
         own = run_dir / ENCODER_FILE if run_dir is not None else None
-        path = Path(cfg.encoder_weights) if cfg.encoder_weights else own
-        if path is not None and path.is_file():
-            return read_digit_encoder(path)
-        if path is not None and path != own:
-            raise WsramError(f"{path}: no such encoder file")
-        if run_dir is None or resume:
+        if own is not None and own.is_file():
+            return read_digit_encoder(own)
+        if cfg.encoder_weights:
+            path = Path(cfg.encoder_weights)
+            if not path.is_file():
+                raise WsramError(f"{path}: no such encoder file")
+            enc = read_digit_encoder(path)
+            self.encoder_stats = {k: v for k, v in checkpoint.load(path).items()
+                                  if k.startswith("encoder_") and isinstance(v, float)}
+        elif run_dir is None or resume:
             raise WsramError(f"{own}: the run's encoder is missing")
-        enc = self.pretrain_encoder()
-        if main:
+        else:
+            enc = self.pretrain_encoder()
+        if main and own is not None:
             checkpoint.save(own, {"kind": "digits", "encoder": enc.state_dict(),
                                   **self.encoder_stats})
         return enc
