@@ -83,19 +83,21 @@ def test_q_starts_as_the_prior_and_only_trains_eta(q_word: str) -> None:
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.eta())
 
 
-def test_q_reads_the_target_word_the_switch_names() -> None:
-    m = model("current")
-    nn.init.normal_(m.inference["out"].weight)
+@pytest.mark.parametrize("q_word, offset", [("current", 1), ("preceding", 0)])
+def test_q_reads_the_target_word_the_switch_names(q_word: str, offset: int) -> None:
+    """At step t (which emits word t+1) q reads word t+1 (current) or word t (preceding)."""
+    m = model(q_word)
+    seen = []
+    m.inference["word"].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
     y = captions()
-    y2 = y.clone()
-    y2[0, 2] = 10  # change word 2 of caption 0: q at step 1 (current) or 2 (preceding)
-    d1 = roll(m, y, proposal="q", deterministic=True).locs[0, 0]
-    d2 = roll(m, y2, proposal="q", deterministic=True).locs[0, 0]
-    assert torch.equal(d1[0], d2[0]) and not torch.equal(d1[1], d2[1])
-    m.q_word = "preceding"
-    d1 = roll(m, y, proposal="q", deterministic=True).locs[0, 0]
-    d2 = roll(m, y2, proposal="q", deterministic=True).locs[0, 0]
-    assert torch.equal(d1[:2], d2[:2]) and not torch.equal(d1[2], d2[2])
+    roll(m, y, num_samples=2, proposal="q")
+    T = y.shape[1] - 1
+    assert len(seen) == T
+    for t, ids in enumerate(seen):
+        assert torch.equal(ids, y[:, t + offset].repeat_interleave(2))
+    seen.clear()
+    roll(m, y, num_samples=2)  # the prior proposal never consults q
+    assert seen == []
 
 
 def test_baseline_never_trains_theta_and_ignores_actions() -> None:
@@ -153,21 +155,42 @@ def test_greedy_decoding_is_the_rollout_without_teacher_forcing() -> None:
         assert torch.equal(r.scales[b, 0, :n], scales[b, :n])
 
 
-def test_beam_search_width_one_is_greedy_and_its_captions_score_as_decoded() -> None:
-    m = model()
-    x = feats(3)
-    g = m.decode(x, max_len=6, beam_size=1)[0]
-    assert torch.equal(m.decode(x, max_len=6, beam_size=1)[0], g)
-    b = m.decode(x, max_len=6, beam_size=4)[0]
-    assert b.shape[0] == 3
+def test_beam_search_finds_the_best_caption_by_exhaustive_search() -> None:
+    """With a beam as wide as every candidate, beam search returns the caption of highest
+    log-likelihood (attention at the policy's mode) among all captions of up to 3 steps;
+    its width-1 search is greedy decoding."""
+    import itertools
 
-    def loglik(words: torch.Tensor) -> torch.Tensor:
-        y = torch.cat([torch.full((3, 1), BOS_ID), words], 1)
-        return m.rollout(x, y, deterministic=True).log_lik[:, 0]
+    torch.manual_seed(3)
+    m = CaptionModel(7, CH, hidden=16, embed=8, loc_std=0.2)
+    nn.init.normal_(m.out.weight, std=0.5)  # sharper word distributions than at init
+    x = feats(2, seed=4)
+    tokens = [t for t in range(7) if t not in (PAD_ID, BOS_ID)]  # <eos>, <unk>, 4, 5, 6
+    words = [t for t in tokens if t != EOS_ID]
+    cands = [list(w) + [EOS_ID] for k in range(3) for w in itertools.product(words, repeat=k)]
+    cands += [list(w) for w in itertools.product(words, repeat=3)]  # cut at max_len
 
-    # Each beam result is a real caption whose likelihood the rollout recomputes; over
-    # the batch the beam does at least as well as greedy here.
-    assert loglik(b).sum() >= loglik(g).sum() - 1e-4
+    def loglik(seqs: list[list[int]], b: int) -> torch.Tensor:
+        y = torch.full((len(seqs), 4), PAD_ID)
+        y[:, 0] = BOS_ID
+        for i, sq in enumerate(seqs):
+            y[i, 1:1 + len(sq)] = torch.tensor(sq)
+        xb = [f[b:b + 1].expand(len(seqs), *f.shape[1:]) for f in x]
+        return m.rollout(xb, y, deterministic=True).log_lik[:, 0]
+
+    for width in (1, 2, 64):
+        got = m.decode(x, max_len=4, beam_size=width)[0]
+        for b in range(2):
+            seq = [t for t in got[b].tolist() if t != PAD_ID]
+            score = loglik([seq], b)
+            if width == 64:
+                torch.testing.assert_close(score, loglik(cands, b).max().view(1))
+            if width == 1:  # greedy: each word the likeliest after its prefix
+                y = torch.tensor([[BOS_ID, *seq]])
+                lp = m.rollout([f[b:b + 1] for f in x], y, deterministic=True).class_log_probs
+                masked = lp[0, 0].clone()
+                masked[:, [PAD_ID, BOS_ID]] = -torch.inf
+                assert masked.argmax(-1).tolist() == seq
 
 
 # --------------------------------------------------------------------------------------
@@ -298,7 +321,8 @@ def test_caption_train_evaluate_show_plot(tmp_path: Path, capsys, encoder_file: 
 
     fig = tmp_path / "nll.png"
     code, out, err = cli(capsys, "caption", "plot", str(run), str(run), "--out", str(fig))
-    assert code == 0, err and fig.read_bytes()[:4] == b"\x89PNG"
+    assert code == 0, err
+    assert fig.read_bytes()[:4] == b"\x89PNG"
 
     # resuming at the end trains nothing and adds no rows
     code, out, err = cli(capsys, "caption", "train", "--run-dir", str(run), "--resume",
@@ -308,7 +332,8 @@ def test_caption_train_evaluate_show_plot(tmp_path: Path, capsys, encoder_file: 
     # resuming to more updates continues from the checkpoint
     code, out, err = cli(capsys, "caption", "train", "--run-dir", str(run), "--resume",
                          "--steps", "20", "--no-progress")
-    assert code == 0, err and json.loads(out.splitlines()[-1])["step"] == 20
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["step"] == 20
 
 
 def test_caption_run_keeps_its_own_encoder_and_resumes_identically(
@@ -356,7 +381,15 @@ def test_caption_commands_on_bad_input(tmp_path: Path, capsys, encoder_file: Pat
     cap_run = tmp_path / "cap"
     assert cli(capsys, "caption", "train", "--run-dir", str(cap_run), "--steps", "2",
                "--encoder-weights", str(encoder_file), *TINY)[0] == 0
-    fails("evaluate", str(cap_run), match="unknown config key")
+    fails("evaluate", str(cap_run), match="a caption run; use wsram caption")
+    fails("show", str(cap_run), match="a caption run; use wsram caption")
+    fails("train", "--run-dir", str(cap_run), "--resume", match="resume it with wsram caption")
+    fails("caption", "plot", str(cap_run), "--out", str(tmp_path / ("a" * 300 + ".png")),
+          match="File name too long")
+    # --overwrite never deletes a file the new run would read
+    fails("caption", "train", "--run-dir", str(cap_run), "--overwrite", "--encoder-weights",
+          str(cap_run / "encoder.pt"), *TINY, match="--overwrite would delete")
+    assert (cap_run / "encoder.pt").is_file()
     fails("caption", "evaluate", str(cap_run), "--beam-size", "0", match="at least 1")
     fails("caption", "plot", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png"),
           match="not a run folder")

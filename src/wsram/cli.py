@@ -116,6 +116,8 @@ def _config_from_args(args: argparse.Namespace, cls: type[TrainConfig] = Config)
         if not cfg_path.is_file():
             raise WsramError(f"{args.run_dir}: nothing to resume (no config.yaml)")
         base.update(load_yaml(cfg_path))
+        if cls is Config and "dataset" in base:
+            raise WsramError(f"{args.run_dir}: a caption run; resume it with wsram caption train")
     if args.config:
         base.update(load_yaml(args.config))
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg.")}
@@ -280,6 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("wsram: interrupted", file=sys.stderr)
         code = 130
+    except OSError as e:  # the machine said no: disk full, permissions, a name too long
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"wsram: error: {where}{e.strerror or e}", file=sys.stderr)
+        code = 2
     sys.exit(code)
 
 

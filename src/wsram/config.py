@@ -101,6 +101,10 @@ class TrainConfig:
     def model_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.MODEL_KEYS}
 
+    def input_paths(self) -> list[str]:
+        """Files and folders the run reads (never to be deleted by ``--overwrite``)."""
+        return [p for p in (getattr(self, "data_dir", None),) if p]
+
 
 def _need(ok: bool, msg: str) -> None:
     if not ok:

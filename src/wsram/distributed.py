@@ -45,6 +45,11 @@ class Dist:
             offset += k
         return flat[n:].tolist()
 
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in a single process)."""
+        if self.world > 1:
+            dist.barrier()
+
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

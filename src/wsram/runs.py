@@ -56,7 +56,10 @@ def load_run(run_dir: str | Path, which: str = "last") -> tuple[Config, Attentio
         raise WsramError(f"{run_dir}: not a run folder (no config.yaml)")
     from .config import load_yaml
 
-    cfg = make_config(load_yaml(cfg_path))
+    raw = load_yaml(cfg_path)
+    if "dataset" in raw:
+        raise WsramError(f"{run_dir}: a caption run; use wsram caption evaluate/show")
+    cfg = make_config(raw)
     state = checkpoint.load(run_dir / f"{which}.pt")
     checkpoint.check_model_config(run_dir / f"{which}.pt", state["config"], cfg.model_dict())
     model = build_model(cfg)

@@ -24,12 +24,21 @@ from .runs import RunLock, save_config
 from .task import Task, classification_metrics, device_of, task_for
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "eval.json", "glimpses.png",
-             "encoder.pt", "captions")
+             "encoder.pt", "captions.json", "show")
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Create the run folder, refusing to clobber a previous run; fail early if unwritable."""
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
+                    inputs: list[str] | None = None) -> None:
+    """Create the run folder, refusing to clobber a previous run (or, with ``overwrite``,
+    to delete a file this run reads: ``inputs``); fail early if unwritable."""
     existing = [f for f in RUN_FILES if (run_dir / f).exists()] if run_dir.is_dir() else []
+    if overwrite and not resume:
+        doomed = [(run_dir / f).resolve() for f in existing]
+        for p in inputs or []:
+            src = Path(p).resolve()
+            if any(src == d or d in src.parents for d in doomed):
+                raise WsramError(f"{run_dir}: --overwrite would delete {p}, which this run "
+                                 "reads; copy it elsewhere first")
     if resume:
         if not (run_dir / "last.pt").is_file():
             raise WsramError(f"{run_dir}: nothing to resume (no last.pt)")
@@ -100,7 +109,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
     try:
         if not ddp.is_main:
             return _train(cfg, run_dir, resume, False, ddp)
-        prepare_run_dir(run_dir, resume, overwrite)
+        prepare_run_dir(run_dir, resume, overwrite, cfg.input_paths())
         if resume:
             check_resume(cfg, run_dir)
         with RunLock(run_dir):
@@ -136,8 +145,13 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
     torch.manual_seed(cfg.seed)  # the same initial parameters on every rank
     method = METHODS[cfg.method]
     task: Task = task_for(cfg, progress)
-    if hasattr(task, "prepare"):  # e.g. pretrain an encoder, compute features (rank 0 writes)
-        task.prepare(run_dir, device, main, resume)
+    if hasattr(task, "prepare"):  # e.g. pretrain an encoder, compute features
+        # rank 0 first: it writes what the other ranks then read (e.g. encoder.pt)
+        if main:
+            task.prepare(run_dir, device, main, resume)
+        ddp.barrier()
+        if not main:
+            task.prepare(run_dir, device, main, True)
     stream = task.stream(device, distributed.rank_seed(cfg.seed, ddp.rank, 1))
     if main:
         task.prepare_eval(device)
@@ -160,7 +174,11 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
     if resume:
         state = checkpoint.load(run_dir / "last.pt", map_location=device)
         checkpoint.check_model_config(run_dir / "last.pt", state["config"], cfg.model_dict())
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise WsramError(f"{run_dir / 'last.pt'}: weights do not fit the model: "
+                             f"{str(e).splitlines()[0]}") from None
         opt.load_state_dict(state["optimizer"])
         opt_b.load_state_dict(state["baseline_optimizer"])
         step, best = int(state["step"]), float(state["best"])

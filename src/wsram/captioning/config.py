@@ -48,6 +48,13 @@ class CaptionConfig(TrainConfig):
     MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "hidden", "embed", "neighbourhood", "encoder", "q_word",
     )
+    RESUMABLE_KEYS: typing.ClassVar[tuple[str, ...]] = (
+        *TrainConfig.RESUMABLE_KEYS, "feature_cache", "beam_size",
+    )
+
+    def input_paths(self) -> list[str]:
+        return [p for p in (self.data_dir, self.karpathy_json, self.image_dir,
+                            self.encoder_weights, self.feature_cache) if p]
 
     def validate(self) -> CaptionConfig:
         super().validate()

@@ -255,6 +255,7 @@ class CaptionModel(nn.Module):
             # a finished caption continues with <pad> at no cost
             lp = torch.where(done.unsqueeze(-1), torch.full_like(lp, -torch.inf), lp)
             lp[:, PAD_ID] = torch.where(done, 0.0, -torch.inf)
+            lp[:, BOS_ID] = -torch.inf  # a caption never restarts
             if W == 1:
                 word = lp.argmax(-1)
                 back = torch.arange(B, device=device)

@@ -145,6 +145,12 @@ class CaptionTask:
         here, or read), and the training features."""
         _need_scorer()
         train = self.split("train")
+        if vocab is None and resume and run_dir is not None and (run_dir / "last.pt").is_file():
+            state = checkpoint.load(run_dir / "last.pt")  # the run's own word ids
+            if "vocab" not in state:
+                raise CheckpointError(f"{run_dir / 'last.pt'}: not a caption checkpoint "
+                                      "(no vocabulary)")
+            vocab = Vocabulary.from_state_dict(state["vocab"])
         self.vocab = vocab or Vocabulary.build((c for r in train.references for c in r),
                                                min_count=self.cfg.min_count)
         self.encoder = self.load_encoder(run_dir, main, resume).to(device)
