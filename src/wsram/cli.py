@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--key", default="train/nll", help="metrics.jsonl key (default train/nll)")
     cp.add_argument("--max-step", type=int, help="plot updates up to this one")
     cp.add_argument("--title", help="figure title")
+    cp.add_argument("--log-y", action="store_true", help="logarithmic y axis")
     return parser
 
 
@@ -269,7 +270,8 @@ def _caption(args: argparse.Namespace) -> None:
 
         if args.max_step is not None:
             _positive("max-step", args.max_step)
-        out = plot_curves(args.run_dirs, args.out, args.key, args.max_step, args.title)
+        out = plot_curves(args.run_dirs, args.out, args.key, args.max_step, args.title,
+                          args.log_y)
         print(f"wrote {out}")
 
 

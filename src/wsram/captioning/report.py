@@ -116,7 +116,8 @@ def _imshow(ax: Any, img: torch.Tensor) -> None:
 
 
 def plot_curves(run_dirs: list[str | Path], out: str | Path, key: str = "train/nll",
-                max_step: int | None = None, title: str | None = None) -> Path:
+                max_step: int | None = None, title: str | None = None,
+                log_y: bool = False) -> Path:
     """One line per run of ``key`` from its metrics.jsonl against updates (e.g. the
     training negative log-likelihood of WS-RAM and VAR, paper Figure 6)."""
     from ..plots import METHOD_COLOURS
@@ -136,6 +137,8 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, key: str = "train/n
         ax.plot([r["step"] for r in rows], [r[key] for r in rows],
                 label=f"{method} ({run.name})" if method != run.name else method,
                 color=METHOD_COLOURS.get(method))
+    if log_y:
+        ax.set_yscale("log")
     ax.set_xlabel("updates")
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
