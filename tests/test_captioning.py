@@ -484,3 +484,14 @@ def test_torchvision_missing_is_one_clear_error(tmp_path: Path, monkeypatch) -> 
 
     with pytest.raises(ConfigError, match=r"needs torchvision: pip install 'wsram\[vision\]'"):
         ResNetEncoder("resnet18", tmp_path / "w.pth")
+
+
+@pytest.mark.parametrize("path, cls_name", [("configs/default.yaml", "Config"),
+                                             ("configs/caption.yaml", "CaptionConfig")])
+def test_shipped_default_configs_hold_the_defaults(path: str, cls_name: str) -> None:
+    from wsram import config as config_module
+    from wsram.config import load_yaml
+
+    cls = CaptionConfig if cls_name == "CaptionConfig" else config_module.Config
+    root = Path(__file__).resolve().parent.parent
+    assert make_config(load_yaml(root / path), cls).to_dict() == cls().to_dict()

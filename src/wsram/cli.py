@@ -125,6 +125,12 @@ def _config_from_args(args: argparse.Namespace, cls: type[TrainConfig] = Config)
     return make_config(base, cls, **overrides)
 
 
+def _other_rank() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) != 0
+
+
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise WsramError(f"--{name}: must be at least 1, got {value}")
@@ -138,6 +144,8 @@ def run(argv: list[str] | None = None) -> int:
         cfg = _config_from_args(args)
         row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.no_progress)
+        if _other_rank():  # under torchrun only rank 0 reports
+            return 0
         if "step" not in row:
             print(f"{args.run_dir}: already at {cfg.steps} updates; nothing to train "
                   "(raise --steps to continue)")
@@ -230,6 +238,8 @@ def _caption(args: argparse.Namespace) -> None:
         cfg = _config_from_args(args, CaptionConfig)
         row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.no_progress)
+        if _other_rank():  # under torchrun only rank 0 reports
+            return
         if "step" in row:
             print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
                               for k, v in row.items()}))
