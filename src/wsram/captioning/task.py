@@ -140,9 +140,10 @@ class CaptionTask:
         return self.splits[name]
 
     def prepare(self, run_dir: Path | None, device: torch.device, main: bool = True,
-                resume: bool = False, vocab: Vocabulary | None = None) -> None:
-        """Vocabulary from the training captions (or the given one), the encoder (pretrained
-        here, or read), and the training features."""
+                resume: bool = False, vocab: Vocabulary | None = None,
+                encoder: nn.Module | None = None) -> None:
+        """Vocabulary from the training captions (or the given one), the encoder (the given
+        one, or pretrained here, or read), and the training features."""
         _need_scorer()
         train = self.split("train")
         if vocab is None and resume and run_dir is not None and (run_dir / "last.pt").is_file():
@@ -153,7 +154,9 @@ class CaptionTask:
             vocab = Vocabulary.from_state_dict(state["vocab"])
         self.vocab = vocab or Vocabulary.build((c for r in train.references for c in r),
                                                min_count=self.cfg.min_count)
-        self.encoder = self.load_encoder(run_dir, main, resume).to(device)
+        if encoder is None:
+            encoder = self.load_encoder(run_dir, main, resume)
+        self.encoder = encoder.to(device)
         self.features["train"] = self.split_features("train")
 
     def load_encoder(self, run_dir: Path | None, main: bool, resume: bool) -> nn.Module:
