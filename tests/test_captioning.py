@@ -378,6 +378,8 @@ def test_caption_commands_on_bad_input(tmp_path: Path, capsys, encoder_file: Pat
     (cls_run / "config.yaml").write_text("method: var\n")
     fails("caption", "evaluate", str(cls_run), match="not a caption run")
     fails("caption", "show", str(cls_run), match="not a caption run")
+    fails("caption", "train", "--run-dir", str(cls_run), "--resume",
+          match="not a caption run; resume it with wsram train")
     cap_run = tmp_path / "cap"
     assert cli(capsys, "caption", "train", "--run-dir", str(cap_run), "--steps", "2",
                "--encoder-weights", str(encoder_file), *TINY)[0] == 0

@@ -28,18 +28,22 @@ def _add_config_options(p: argparse.ArgumentParser, cls: type[TrainConfig] = Con
                        help=f"{note} (default: {getattr(cls(), f.name)!r})".lstrip())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="wsram", description=(
-        "Train, evaluate and inspect stochastic hard-attention models (WS-RAM, VAR, VIMCO)."))
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    t = sub.add_parser("train", help="train a model into a run folder")
+def _add_train_parser(sub: Any, help: str, cls: type[TrainConfig]) -> None:
+    t = sub.add_parser("train", help=help)
     t.add_argument("--run-dir", required=True, help="folder for config, metrics, checkpoints")
     t.add_argument("--config", help="YAML file of config keys (flags override it)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_options(t)
+    _add_config_options(t, cls)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wsram", description=(
+        "Train, evaluate and inspect stochastic hard-attention models (WS-RAM, VAR, VIMCO)."))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_train_parser(sub, "train a model into a run folder", Config)
 
     e = sub.add_parser("evaluate", help="test errors of a run (writes RUN/eval.json)")
     e.add_argument("run_dir")
@@ -78,13 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap = sub.add_parser("caption", help="image captioning with hard attention (train, "
                          "evaluate, show, plot)")
     csub = cap.add_subparsers(dest="caption_command", required=True, parser_class=_Parser)
-    ct = csub.add_parser("train", help="train a caption model into a run folder")
-    ct.add_argument("--run-dir", required=True, help="folder for config, metrics, checkpoints")
-    ct.add_argument("--config", help="YAML file of config keys (flags override it)")
-    ct.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    ct.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
-    ct.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_options(ct, CaptionConfig)
+    _add_train_parser(csub, "train a caption model into a run folder", CaptionConfig)
     ce = csub.add_parser("evaluate", help="BLEU-1..4 and CIDEr of greedy and beam-search "
                          "captions (writes RUN/eval.json and RUN/captions.json)")
     ce.add_argument("run_dir")
@@ -117,8 +115,11 @@ def _config_from_args(args: argparse.Namespace, cls: type[TrainConfig] = Config)
         if not cfg_path.is_file():
             raise WsramError(f"{args.run_dir}: nothing to resume (no config.yaml)")
         base.update(load_yaml(cfg_path))
-        if cls is Config and "dataset" in base:
-            raise WsramError(f"{args.run_dir}: a caption run; resume it with wsram caption train")
+        caption_run = "dataset" in base
+        if caption_run != (cls is not Config):
+            raise WsramError(f"{args.run_dir}: a caption run; resume it with wsram caption train"
+                             if caption_run else
+                             f"{args.run_dir}: not a caption run; resume it with wsram train")
     if args.config:
         base.update(load_yaml(args.config))
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg.")}
@@ -139,19 +140,7 @@ def _positive(name: str, value: int | None) -> None:
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        from .train import train
-
-        cfg = _config_from_args(args)
-        row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
-                    progress=not args.no_progress)
-        if _other_rank():  # under torchrun only rank 0 reports
-            return 0
-        if "step" not in row:
-            print(f"{args.run_dir}: already at {cfg.steps} updates; nothing to train "
-                  "(raise --steps to continue)")
-        else:
-            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
-                              for k, v in row.items()}))
+        _train_command(args, Config)
     elif args.command == "evaluate":
         from .evaluate import evaluate_run
 
@@ -225,30 +214,29 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _train_command(args: argparse.Namespace, cls: type[TrainConfig]) -> None:
+    """``wsram train`` and ``wsram caption train``: the last metrics line, printed by rank 0."""
+    from .train import train
+
+    cfg = _config_from_args(args, cls)
+    row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
+                progress=not args.no_progress)
+    if _other_rank():  # under torchrun only rank 0 reports
+        return
+    if "step" in row:
+        print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
+    elif cfg.steps == 0 and not args.resume:
+        print(f"{args.run_dir}: prepared; no updates asked for (--steps 0)")
+    else:
+        print(f"{args.run_dir}: already at {cfg.steps} updates; nothing to train "
+              "(raise --steps to continue)")
+
+
 def _caption(args: argparse.Namespace) -> None:
     from .captioning.config import CaptionConfig
 
     if args.caption_command == "train":
-        from .train import train
-
-        if args.resume and (Path(args.run_dir) / "config.yaml").is_file():
-            raw = load_yaml(Path(args.run_dir) / "config.yaml")
-            if "dataset" not in raw:
-                raise WsramError(f"{args.run_dir}: not a caption run; resume it with wsram train")
-        cfg = _config_from_args(args, CaptionConfig)
-        row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
-                    progress=not args.no_progress)
-        if _other_rank():  # under torchrun only rank 0 reports
-            return
-        if "step" in row:
-            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
-                              for k, v in row.items()}))
-        elif cfg.steps == 0 and not args.resume:
-            print(f"{args.run_dir}: encoder and features ready ({Path(args.run_dir) / 'encoder.pt'}"
-                  "); no caption updates asked for (--steps 0)")
-        else:
-            print(f"{args.run_dir}: already at {cfg.steps} updates; nothing to train "
-                  "(raise --steps to continue)")
+        _train_command(args, CaptionConfig)
     elif args.caption_command == "evaluate":
         from .captioning.report import evaluate_caption_run
 

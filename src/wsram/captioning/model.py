@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Rollout
+from ..models.ram import ParameterGroups
 from ..policy import ActionDist
 from .vocab import BOS_ID, EOS_ID, PAD_ID
 
@@ -42,7 +43,7 @@ class State:
     c: Tensor
 
 
-class CaptionModel(nn.Module):
+class CaptionModel(ParameterGroups, nn.Module):
     def __init__(self, vocab_size: int, channels: list[int] | tuple[int, ...],
                  hidden: int = 256, embed: int = 64, neighbourhood: int = 3,
                  loc_std: float = 0.1, q_word: str = "current"):
@@ -83,17 +84,6 @@ class CaptionModel(nn.Module):
         gy, gx = torch.meshgrid(offsets, offsets, indexing="ij")
         self.register_buffer("cell_offsets", torch.stack([gx, gy], -1).reshape(n * n, 2),
                              persistent=False)  # (n*n, 2) in cells
-
-    # --- parameter groups ---
-    def theta(self) -> list[nn.Parameter]:
-        skip = {id(p) for p in self.eta()} | {id(p) for p in self.baseline_params()}
-        return [p for p in self.parameters() if id(p) not in skip]
-
-    def eta(self) -> list[nn.Parameter]:
-        return list(self.inference.parameters())
-
-    def baseline_params(self) -> list[nn.Parameter]:
-        return list(self.baseline.parameters())
 
     # --- pieces ---
     def initial_state(self, feats: list[Tensor], rows: int) -> State:

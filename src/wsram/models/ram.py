@@ -11,6 +11,7 @@ their losses never move theta. The model computes log-probabilities, never a los
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,26 @@ class Rollout:
         return self.from_prior and self.temperature == 1.0
 
 
-class AttentionModel(nn.Module):
+class ParameterGroups:
+    """theta / eta / baseline split of a model with ``inference`` (q) and ``baseline``
+    submodules: theta is everything else, the prediction network."""
+
+    inference: nn.Module
+    baseline: nn.Module
+    parameters: Any
+
+    def theta(self) -> list[nn.Parameter]:
+        skip = {id(p) for p in self.eta()} | {id(p) for p in self.baseline_params()}
+        return [p for p in self.parameters() if id(p) not in skip]
+
+    def eta(self) -> list[nn.Parameter]:
+        return list(self.inference.parameters())
+
+    def baseline_params(self) -> list[nn.Parameter]:
+        return list(self.baseline.parameters())
+
+
+class AttentionModel(ParameterGroups, nn.Module):
     def __init__(
         self,
         canvas_size: int = 100,
@@ -104,17 +124,6 @@ class AttentionModel(nn.Module):
         nn.init.zeros_(self.inference["out"].bias)
         # VAR "+c": input-dependent baseline b(x) regressed on the reward log p(y|a,x) (M3)
         self.baseline = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-
-    # --- parameter groups ---
-    def theta(self) -> list[nn.Parameter]:
-        skip = {id(p) for p in self.eta()} | {id(p) for p in self.baseline_params()}
-        return [p for p in self.parameters() if id(p) not in skip]
-
-    def eta(self) -> list[nn.Parameter]:
-        return list(self.inference.parameters())
-
-    def baseline_params(self) -> list[nn.Parameter]:
-        return list(self.baseline.parameters())
 
     # --- stages ---
     def forward_context(self, x: Tensor) -> Tensor:
