@@ -79,3 +79,21 @@ def test_two_gloo_ranks_match_the_single_process_emulation(tmp_path: Path) -> No
     # The checkpoint resumes on another number of ranks.
     torchrun(run, 1, "--resume", "--steps=9")
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 9
+
+
+def test_caption_training_under_torchrun(tmp_path: Path) -> None:
+    """Two ranks: rank 0 pretrains and writes the encoder, the other waits and reads it;
+    both train; only rank 0 writes the run folder and prints the result."""
+    run = tmp_path / "cap"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "wsram", "caption", "train", "--run-dir", str(run), "--no-progress",
+           "--encoder-steps", "2", "--steps", "4", "--num-train", "40", "--num-val", "10",
+           "--num-test", "10", "--hidden", "16", "--embed", "8", "--batch-size", "4",
+           "--samples", "2", "--eval-size", "5", "--log-every", "2", "--eval-every", "0",
+           "--diag-every", "0", "--threads", "1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = [line for line in p.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == 1 and '"step": 4' in results[0]
+    assert (run / "encoder.pt").is_file() and (run / "last.pt").is_file()
+    assert [r["step"] for r in read_metrics(run) if "train/nll" in r] == [2, 4]
