@@ -19,6 +19,7 @@ decode  images/s of greedy decoding and of beam search (width 3), no teacher for
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -72,7 +73,7 @@ def main() -> None:
         opt_b.zero_grad(set_to_none=True)
         loss.backward()
         for g in groups:
-            torch.nn.utils.clip_grad_norm_(g, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(g, cfg.grad_clip or math.inf)
         opt.step()
         opt_b.step()
 
@@ -96,12 +97,13 @@ def main() -> None:
           f"{ups * cfg.batch_size * cfg.samples:.0f} trajectories/s "
           f"(mean caption length {sum(words) / len(words):.1f} tokens with <eos>)")
     feats = [f[:100].to(device) for f in task.split_features("val")]
+    n = feats[0].shape[0]
     model.eval()
     for beam in (1, 3):
-        rate = timed(lambda b=beam: model.decode(feats, cfg.max_len, b), args.seconds / 2) * 100
+        rate = timed(lambda b=beam: model.decode(feats, cfg.max_len, b), args.seconds / 2) * n
         length = (model.decode(feats, cfg.max_len, beam)[0] != 0).sum(1).float().mean()
         print(f"decode  {'greedy' if beam == 1 else f'beam {beam}':<7} {rate:.0f} images/s "
-              f"(batch 100, mean caption length {length:.1f} tokens with <eos>)")
+              f"(batch {n}, mean caption length {length:.1f} tokens with <eos>)")
 
 
 if __name__ == "__main__":

@@ -183,6 +183,8 @@ def test_beam_search_finds_the_best_caption_by_exhaustive_search() -> None:
         for b in range(2):
             seq = [t for t in got[b].tolist() if t != PAD_ID]
             score = loglik([seq], b)
+            assert seq in cands  # a well-formed caption: words, then <eos> (or cut)
+            assert score <= loglik(cands, b).max() + 1e-5
             if width == 64:
                 torch.testing.assert_close(score, loglik(cands, b).max().view(1))
             if width == 1:  # greedy: each word the likeliest after its prefix
@@ -396,6 +398,15 @@ def test_caption_commands_on_bad_input(tmp_path: Path, capsys, encoder_file: Pat
     fails("caption", "plot", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png"),
           match="not a run folder")
     fails("caption", "plot", str(cap_run), "--out", str(tmp_path / "x.txt"), match=".png")
+    # a run refuses an encoder other than the one it was trained with
+    saved_encoder = (cap_run / "encoder.pt").read_bytes()
+    torch.manual_seed(123)
+    checkpoint.save(cap_run / "encoder.pt", {"kind": "digits",
+                                             "encoder": DigitEncoder().state_dict()})
+    fails("caption", "evaluate", str(cap_run), match="trained with another encoder")
+    fails("caption", "train", "--run-dir", str(cap_run), "--resume", "--steps", "4",
+          match="trained with another encoder")
+    (cap_run / "encoder.pt").write_bytes(saved_encoder)
     # a run is never overwritten without --overwrite
     before = (cap_run / "last.pt").read_bytes()
     fails("caption", "train", "--run-dir", str(cap_run), "--steps", "2", *TINY,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -45,10 +46,27 @@ class Dist:
             offset += k
         return flat[n:].tolist()
 
-    def barrier(self) -> None:
-        """Wait for every rank (no-op in a single process)."""
-        if self.world > 1:
-            dist.barrier()
+    announced: bool = False
+
+    def announce(self, ok: bool) -> None:
+        """Rank 0: tell the other ranks whether its setup (checks, locks, preparation)
+        succeeded; they wait in :meth:`await_setup`. At most once; no-op in one process."""
+        if self.world > 1 and not self.announced:
+            self.announced = True
+            dist.broadcast(self._flag(1.0 if ok else 0.0), src=0)
+
+    def await_setup(self) -> bool:
+        """Other ranks: wait for rank 0's :meth:`announce`; True if its setup succeeded."""
+        if self.world == 1:
+            return True
+        flag = self._flag(0.0)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item() > 0.5)
+
+    def _flag(self, value: float) -> torch.Tensor:
+        device = (torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl"
+                  else torch.device("cpu"))
+        return torch.tensor([value], device=device)
 
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
@@ -64,7 +82,9 @@ def from_env(device: str) -> Dist:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        # Other ranks wait while rank 0 prepares (e.g. pretrains an encoder, computes
+        # features): allow that an hour rather than the backends' default 10-30 minutes.
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=60))
     return Dist(rank=rank, world=world, local_rank=local_rank)
 
 

@@ -24,7 +24,7 @@ from .runs import RunLock, save_config
 from .task import Task, classification_metrics, device_of, task_for
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "eval.json", "glimpses.png",
-             "encoder.pt", "captions.json", "show")
+             "encoder.pt", "captions.json", "show", "tb")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
@@ -109,24 +109,33 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
     try:
         if not ddp.is_main:
             return _train(cfg, run_dir, resume, False, ddp)
-        prepare_run_dir(run_dir, resume, overwrite, cfg.input_paths())
-        if resume:
-            check_resume(cfg, run_dir)
-        with RunLock(run_dir):
-            # A process killed while writing (SIGKILL, power loss) leaves its temporary
-            # file behind; the file it was replacing is intact. Holding the lock, sweep.
-            for stale in run_dir.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
-            if overwrite and not resume:
-                for f in RUN_FILES:
-                    if (run_dir / f).is_dir():
-                        shutil.rmtree(run_dir / f, ignore_errors=True)
-                    else:
-                        (run_dir / f).unlink(missing_ok=True)
-                shutil.rmtree(run_dir / "tb", ignore_errors=True)
-            return _train(cfg, run_dir, resume, progress, ddp)
+        try:
+            return _train_main(cfg, run_dir, resume, overwrite, progress, ddp)
+        except BaseException:
+            ddp.announce(False)  # if rank 0 failed before training began, the others stop too
+            raise
     finally:
         ddp.close()
+
+
+def _train_main(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool,
+                progress: bool, ddp: distributed.Dist) -> dict[str, Any]:
+    """Rank 0 (or the only process): check, lock and clean the run folder, then train."""
+    prepare_run_dir(run_dir, resume, overwrite, cfg.input_paths())
+    if resume:
+        check_resume(cfg, run_dir)
+    with RunLock(run_dir):
+        # A process killed while writing (SIGKILL, power loss) leaves its temporary
+        # file behind; the file it was replacing is intact. Holding the lock, sweep.
+        for stale in run_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        if overwrite and not resume:
+            for f in RUN_FILES:
+                if (run_dir / f).is_dir():
+                    shutil.rmtree(run_dir / f, ignore_errors=True)
+                else:
+                    (run_dir / f).unlink(missing_ok=True)
+        return _train(cfg, run_dir, resume, progress, ddp)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
@@ -145,12 +154,17 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
     torch.manual_seed(cfg.seed)  # the same initial parameters on every rank
     method = METHODS[cfg.method]
     task: Task = task_for(cfg, progress)
-    if hasattr(task, "prepare"):  # e.g. pretrain an encoder, compute features
-        # rank 0 first: it writes what the other ranks then read (e.g. encoder.pt)
-        if main:
+    # Rank 0 prepares first (e.g. pretrains an encoder, computes features) and writes what
+    # the other ranks then read (encoder.pt); they wait for its word, and stop if it failed.
+    if main:
+        if hasattr(task, "prepare"):
             task.prepare(run_dir, device, main, resume)
-        ddp.barrier()
-        if not main:
+        ddp.announce(True)
+    else:
+        if not ddp.await_setup():
+            raise WsramError(f"rank {ddp.rank}: stopping, rank 0 stopped before training "
+                             "began (its error says why)")
+        if hasattr(task, "prepare"):
             task.prepare(run_dir, device, main, True)
     stream = task.stream(device, distributed.rank_seed(cfg.seed, ddp.rank, 1))
     if main:
@@ -191,9 +205,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
         if main:  # rank 0 continues its streams exactly; others start fresh ones
             # "canvas_rng": the key before tasks other than classification existed
             stream.load_state_dict(state.get("data_rng", state.get("canvas_rng")))
-            torch.set_rng_state(state["torch_rng"])
+            torch.set_rng_state(state["torch_rng"].cpu())  # RNG states are CPU byte tensors
             if device.type == "cuda" and "cuda_rng" in state:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
             _truncate_metrics(run_dir / "metrics.jsonl", step)
         else:
             torch.manual_seed(distributed.rank_seed(cfg.seed, ddp.rank, 3) + step)

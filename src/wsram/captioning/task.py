@@ -101,7 +101,15 @@ class CaptionStream:
         return {"generator": self.gen.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.gen.set_state(state["generator"])
+        rng = state.get("generator") if isinstance(state, dict) else None
+        if not isinstance(rng, Tensor) or rng.dtype != torch.uint8:
+            raise CheckpointError("caption stream state: expected a uint8 tensor under "
+                                  "'generator'")
+        try:
+            self.gen.set_state(rng.cpu())
+        except RuntimeError as err:
+            raise CheckpointError(f"caption stream state is not a valid generator state: "
+                                  f"{err}") from None
 
 
 def encode_references(vocab: Vocabulary, refs: list[list[list[str]]],
@@ -146,23 +154,30 @@ class CaptionTask:
         one, or pretrained here, or read), and the training features."""
         _need_scorer()
         train = self.split("train")
-        if vocab is None and resume and run_dir is not None and (run_dir / "last.pt").is_file():
-            state = checkpoint.load(run_dir / "last.pt")  # the run's own word ids
+        state = None
+        if resume and run_dir is not None and (run_dir / "last.pt").is_file():
+            state = checkpoint.load(run_dir / "last.pt")
             if "vocab" not in state:
                 raise CheckpointError(f"{run_dir / 'last.pt'}: not a caption checkpoint "
                                       "(no vocabulary)")
-            vocab = Vocabulary.from_state_dict(state["vocab"])
+            if vocab is None:  # the run's own word ids
+                vocab = Vocabulary.from_state_dict(state["vocab"])
         self.vocab = vocab or Vocabulary.build((c for r in train.references for c in r),
                                                min_count=self.cfg.min_count)
         if encoder is None:
             encoder = self.load_encoder(run_dir, main, resume)
         self.encoder = encoder.to(device)
+        self._digest = None
+        if state is not None:
+            self.check_encoder(run_dir / "last.pt", state)
         self.features["train"] = self.split_features("train")
 
     def load_encoder(self, run_dir: Path | None, main: bool, resume: bool) -> nn.Module:
-        """The fixed encoder. A digit encoder always lives in the run folder (encoder.pt),
-        whether pretrained here or copied from ``encoder_weights``, so the run folder alone
-        can be resumed and evaluated; a torchvision one is read from the user's file."""
+        """The fixed encoder. A digit encoder is saved in the run folder (encoder.pt),
+        whether pretrained here or copied from ``encoder_weights``, and read from there
+        first, so the run folder alone can be resumed and evaluated; a torchvision one is
+        read from the user's file. Checkpoints record the encoder's weights digest, and a
+        run is refused an encoder other than the one it was trained with."""
         cfg = self.cfg
         if cfg.encoder != "digits":
             return ResNetEncoder(cfg.encoder, cfg.encoder_weights)
@@ -207,10 +222,25 @@ class CaptionTask:
         self.encoder_stats = stats
         return enc
 
+    def encoder_digest(self) -> str:
+        if getattr(self, "_digest", None) is None:
+            self._digest = weights_digest(self.encoder)
+        return self._digest
+
+    def check_encoder(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on the features of another encoder."""
+        saved = state.get("encoder_digest")
+        if saved is not None and saved != self.encoder_digest():
+            raise CheckpointError(f"{path}: trained with another encoder (weights digest "
+                                  f"{saved}, this run's encoder has {self.encoder_digest()})")
+        if list(self.channels()) != list(state.get("channels", [])):
+            raise CheckpointError(f"{path}: made with another encoder (feature channels "
+                                  f"{state.get('channels')} vs {list(self.channels())})")
+
     def split_features(self, name: str) -> list[Tensor]:
         if name not in self.features:
             s = self.split(name)
-            key = {"encoder": self.cfg.encoder, "weights": weights_digest(self.encoder),
+            key = {"encoder": self.cfg.encoder, "weights": self.encoder_digest(),
                    "data": s.identity, "split": name}
             self.features[name] = cached_features(
                 self.cfg.feature_cache, key,
@@ -300,7 +330,8 @@ class CaptionTask:
         return {"error": wrong, "nll": nll}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"vocab": self.vocab.state_dict(), "channels": list(self.channels())}
+        return {"vocab": self.vocab.state_dict(), "channels": list(self.channels()),
+                "encoder_digest": self.encoder_digest()}
 
 
 def read_digit_encoder(path: Path) -> DigitEncoder:
@@ -349,9 +380,7 @@ def load_caption_run(run_dir: str | Path, which: str = "last", progress: bool = 
     task = CaptionTask(cfg, progress=progress)
     task.vocab = vocab
     task.encoder = task.load_encoder(run_dir, main=False, resume=True)
-    if list(task.channels()) != list(state.get("channels", [])):
-        raise CheckpointError(f"{path}: made with another encoder (feature channels "
-                              f"{state.get('channels')} vs {list(task.channels())})")
+    task.check_encoder(path, state)
     model = task.build_model()
     try:
         model.load_state_dict(state["model"])
