@@ -8,12 +8,12 @@ and frozen digit encoder (their weights do not change the cost of a training upd
 the model, encoder and config of a trained caption run (``--run``; decoding speed depends
 on how long the captions it writes are, so time decoding with a trained model). Prints:
 
+decode  images/s of greedy decoding and of beam search (width 3), no teacher forcing, and
+        the mean length of the captions decoded (timed first, on the model as loaded).
 train   updates/s of `wsram caption train`'s step (sample a batch of features and
         captions, K teacher-forced trajectories, the estimator, the training metrics,
         backward, per-network clipping, Adam), captions/s (B x updates/s), trajectories/s
         (B x K x updates/s), and the mean caption length in the batches.
-decode  images/s of greedy decoding and of beam search (width 3), no teacher forcing, and
-        the mean length of the captions decoded.
 """
 
 from __future__ import annotations
@@ -92,18 +92,19 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"{cfg.method}, B = {cfg.batch_size}, K = {cfg.samples}, hidden {cfg.hidden}")
-    ups = timed(update, args.seconds)
-    print(f"train   {ups:.2f} updates/s, {ups * cfg.batch_size:.0f} captions/s, "
-          f"{ups * cfg.batch_size * cfg.samples:.0f} trajectories/s "
-          f"(mean caption length {sum(words) / len(words):.1f} tokens with <eos>)")
     feats = [f[:100].to(device) for f in task.split_features("val")]
     n = feats[0].shape[0]
-    model.eval()
+    model.eval()  # decode the model as loaded, before the timed updates change it
     for beam in (1, 3):
         rate = timed(lambda b=beam: model.decode(feats, cfg.max_len, b), args.seconds / 2) * n
         length = (model.decode(feats, cfg.max_len, beam)[0] != 0).sum(1).float().mean()
         print(f"decode  {'greedy' if beam == 1 else f'beam {beam}':<7} {rate:.0f} images/s "
               f"(batch {n}, mean caption length {length:.1f} tokens with <eos>)")
+    model.train()
+    ups = timed(update, args.seconds)
+    print(f"train   {ups:.2f} updates/s, {ups * cfg.batch_size:.0f} captions/s, "
+          f"{ups * cfg.batch_size * cfg.samples:.0f} trajectories/s "
+          f"(mean caption length {sum(words) / len(words):.1f} tokens with <eos>)")
 
 
 if __name__ == "__main__":
