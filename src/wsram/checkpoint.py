@@ -101,6 +101,26 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def load_into(module: torch.nn.Module, weights: Any, path: str | Path,
+              what: str = "weights do not fit the model") -> None:
+    """``module.load_state_dict(weights)``; a mismatch is one CheckpointError line."""
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: {what}: {str(e).splitlines()[0]}") from None
+
+
+def restore_generator(gen: torch.Generator, rng: Any, what: str) -> None:
+    """Set a CPU generator from a saved state (loaded on any device); CheckpointError if
+    it is not one."""
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
+        raise CheckpointError(f"{what}: expected a uint8 tensor")
+    try:
+        gen.set_state(rng.cpu())
+    except RuntimeError as err:
+        raise CheckpointError(f"{what} is not a valid CPU generator state: {err}") from None
+
+
 def check_model_config(path: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse a checkpoint whose model configuration differs, naming the differences."""
     keys = {**saved, **current}  # both ways: a key only one side has is a difference too

@@ -63,11 +63,7 @@ def load_run(run_dir: str | Path, which: str = "last") -> tuple[Config, Attentio
     state = checkpoint.load(run_dir / f"{which}.pt")
     checkpoint.check_model_config(run_dir / f"{which}.pt", state["config"], cfg.model_dict())
     model = build_model(cfg)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise WsramError(f"{run_dir}/{which}.pt: weights do not fit the model: "
-                         f"{str(e).splitlines()[0]}") from None
+    checkpoint.load_into(model, state["model"], run_dir / f"{which}.pt")
     model.eval()
     return cfg, model, state
 

@@ -188,11 +188,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
     if resume:
         state = checkpoint.load(run_dir / "last.pt", map_location=device)
         checkpoint.check_model_config(run_dir / "last.pt", state["config"], cfg.model_dict())
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise WsramError(f"{run_dir / 'last.pt'}: weights do not fit the model: "
-                             f"{str(e).splitlines()[0]}") from None
+        checkpoint.load_into(model, state["model"], run_dir / "last.pt")
         opt.load_state_dict(state["optimizer"])
         opt_b.load_state_dict(state["baseline_optimizer"])
         step, best = int(state["step"]), float(state["best"])

@@ -139,11 +139,7 @@ class ResNetEncoder(nn.Module):
                               ) from None
         net = getattr(torchvision.models, name)(weights=None)
         state = checkpoint.load_weights(weights_path)
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"{weights_path}: not {name} weights: "
-                                  f"{str(e).splitlines()[0]}") from None
+        checkpoint.load_into(net, state, weights_path, f"not {name} weights")
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
         self.layers = nn.ModuleList([net.layer2, net.layer3, net.layer4])
         self.channels = tuple(_out_channels(layer) for layer in self.layers)

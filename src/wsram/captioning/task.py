@@ -102,14 +102,7 @@ class CaptionStream:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rng = state.get("generator") if isinstance(state, dict) else None
-        if not isinstance(rng, Tensor) or rng.dtype != torch.uint8:
-            raise CheckpointError("caption stream state: expected a uint8 tensor under "
-                                  "'generator'")
-        try:
-            self.gen.set_state(rng.cpu())
-        except RuntimeError as err:
-            raise CheckpointError(f"caption stream state is not a valid generator state: "
-                                  f"{err}") from None
+        checkpoint.restore_generator(self.gen, rng, "caption stream state 'generator'")
 
 
 def encode_references(vocab: Vocabulary, refs: list[list[list[str]]],
@@ -339,11 +332,7 @@ def read_digit_encoder(path: Path) -> DigitEncoder:
     if state.get("kind") != "digits" or not isinstance(state.get("encoder"), dict):
         raise CheckpointError(f"{path}: not a digit-scene encoder (an encoder.pt of a caption run)")
     enc = DigitEncoder()
-    try:
-        enc.load_state_dict(state["encoder"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: encoder weights do not fit: "
-                              f"{str(e).splitlines()[0]}") from None
+    checkpoint.load_into(enc, state["encoder"], path, "encoder weights do not fit")
     return enc.eval().requires_grad_(False)
 
 
@@ -382,11 +371,7 @@ def load_caption_run(run_dir: str | Path, which: str = "last", progress: bool = 
     task.encoder = task.load_encoder(run_dir, main=False, resume=True)
     task.check_encoder(path, state)
     model = task.build_model()
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the model: "
-                              f"{str(e).splitlines()[0]}") from None
+    checkpoint.load_into(model, state["model"], path)
     model.eval()
     return cfg, task, model, state
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsram.data.digits import DigitSet
-from wsram.errors import CheckpointError, ConfigError, DataError
+from wsram.errors import ConfigError, DataError
 
 _TEST_CHUNK = 1024  # canvases rendered at once by make_test_set: bounds the grid memory
 
@@ -132,15 +132,10 @@ class CanvasGenerator:
 
     def load_state_dict(self, state: Mapping[str, Tensor] | Tensor) -> None:
         """Restore a state from :meth:`state_dict` (or the bare uint8 tensor)."""
+        from ..checkpoint import restore_generator
+
         rng = state.get("rng_state") if isinstance(state, Mapping) else state
-        if not isinstance(rng, Tensor) or rng.dtype != torch.uint8:
-            raise CheckpointError("canvas generator state: expected a uint8 tensor under "
-                                  "'rng_state'")
-        try:
-            self._generator.set_state(rng.cpu())
-        except RuntimeError as err:
-            raise CheckpointError(f"canvas generator state is not a valid CPU generator "
-                                  f"state: {err}") from err
+        restore_generator(self._generator, rng, "canvas generator state 'rng_state'")
 
 
 def make_test_set(digits: DigitSet, spec: CanvasSpec, num: int | None = None,
