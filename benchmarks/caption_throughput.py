@@ -26,10 +26,11 @@ import torch
 
 from wsram.captioning.config import CaptionConfig
 from wsram.captioning.encoder import DigitEncoder
-from wsram.captioning.task import CaptionTask, load_caption_run
+from wsram.captioning.task import CaptionTask
 from wsram.config import make_config, replace
+from wsram.engine import forward_step
 from wsram.methods import METHODS
-from wsram.train import forward_step
+from wsram.tasks import load_run
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.run:
-        cfg, task, model, _ = load_caption_run(args.run)
+        cfg, task, model, _ = load_run(args.run, task="captioning")
         cfg = replace(cfg, batch_size=args.batch_size, samples=args.samples)
         task.cfg = cfg
         task.prepare(None, device, vocab=task.vocab, encoder=task.encoder)

@@ -41,13 +41,15 @@ from typing import Any
 
 import torch
 
-from wsram.config import Config, make_config
-from wsram.cost import count_macs, images_per_second, sensor_macs
-from wsram.data import CanvasGenerator, CanvasSpec, load_digits
-from wsram.evaluate import test_errors
+from wsram.classification.config import ClassificationConfig
+from wsram.classification.cost import count_macs, images_per_second, sensor_macs
+from wsram.classification.data import CanvasGenerator, CanvasSpec, load_digits
+from wsram.classification.evaluate import test_errors
+from wsram.classification.task import build_model, classification_metrics, test_set
+from wsram.config import make_config
+from wsram.distributed import Dist
+from wsram.engine import Engine
 from wsram.methods import METHODS
-from wsram.runs import build_model, test_set
-from wsram.train import CompiledOrEager, forward_step
 
 SETUPS: dict[str, dict[str, Any]] = {
     "default": dict(method="wsram+q+c", batch_size=64, samples=5),
@@ -154,11 +156,11 @@ def peak_rss_bytes() -> int:
 OPTIONS: dict[str, Any] = {}
 
 
-def setup_config(name: str, device: str) -> Config:
+def setup_config(name: str, device: str) -> ClassificationConfig:
     return make_config(device=device, **{**SETUPS[name], **OPTIONS})
 
 
-def train_flops_per_trajectory(cfg: Config) -> float:
+def train_flops_per_trajectory(cfg: ClassificationConfig) -> float:
     """Useful FLOPs of one trajectory in a training update (convention in the docstring)."""
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -192,22 +194,13 @@ def bench_train(name: str, device: str, threads: int, seconds: float,
         base_cuda = torch.cuda.memory_allocated(dev)
     torch.manual_seed(0)
     model = build_model(cfg).to(dev)
-    m = METHODS[cfg.method]
-    opt = torch.optim.Adam([{"params": model.theta()}, {"params": model.eta()}], lr=cfg.lr)
-    opt_b = torch.optim.Adam([{"params": model.baseline_params()}], lr=cfg.baseline_lr)
-    groups = [g for g in (model.theta(), model.eta(), model.baseline_params()) if g]
-    rollout_fn = CompiledOrEager(model.rollout) if cfg.compile else model.rollout
+    # The update train.py runs: forward (with the training-error metric), backward, sync,
+    # clip, non-finite guard, Adam.
+    engine = Engine(model, METHODS[cfg.method], cfg, Dist(), classification_metrics)
 
-    def update() -> None:  # the step of train.py: sample, forward_step, backward, clip, Adam
+    def update() -> None:
         x, y = gen.sample(cfg.batch_size)
-        loss = forward_step(model, m, cfg, x, y, rollout_fn)[0]
-        opt.zero_grad(set_to_none=True)
-        opt_b.zero_grad(set_to_none=True)
-        loss.backward()
-        for g in groups:
-            torch.nn.utils.clip_grad_norm_(g, cfg.grad_clip)
-        opt.step()
-        opt_b.step()
+        engine.update(x, y, False)
 
     for _ in range(3):
         update()

@@ -271,12 +271,6 @@ TINY = ["--num-train", "40", "--num-val", "12", "--num-test", "10", "--hidden", 
         "--diag-every", "8", "--diag-batch", "4", "--diag-repeats", "2", "--no-progress"]
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
 
 @pytest.fixture(scope="module")
 def encoder_file(tmp_path_factory) -> Path:
@@ -289,9 +283,9 @@ def encoder_file(tmp_path_factory) -> Path:
     return run / "encoder.pt"
 
 
-def test_caption_train_evaluate_show_plot(tmp_path: Path, capsys, encoder_file: Path) -> None:
+def test_caption_train_evaluate_show_plot(cli, tmp_path: Path, encoder_file: Path) -> None:
     run = tmp_path / "run"
-    code, out, err = cli(capsys, "caption", "train", "--run-dir", str(run), "--steps", "16",
+    code, out, err = cli("caption", "train", "--run-dir", str(run), "--steps", "16",
                          "--encoder-weights", str(encoder_file),
                          "--feature-cache", str(tmp_path / "cache"), *TINY)
     assert code == 0, err
@@ -304,7 +298,7 @@ def test_caption_train_evaluate_show_plot(tmp_path: Path, capsys, encoder_file: 
     assert [r["step"] for r in evals] == [8, 16]
     assert (run / "best.pt").is_file() and list((tmp_path / "cache").glob("features-*.pt"))
 
-    code, out, err = cli(capsys, "caption", "evaluate", str(run), "--beam-size", "2")
+    code, out, err = cli("caption", "evaluate", str(run), "--beam-size", "2")
     assert code == 0, err
     assert "test split" in out and "no teacher forcing" in out and "BLEU-4" in out
     res = json.loads((run / "eval.json").read_text())
@@ -315,49 +309,49 @@ def test_caption_train_evaluate_show_plot(tmp_path: Path, capsys, encoder_file: 
     caps = json.loads((run / "captions.json").read_text())
     assert caps["split"] == "test" and len(caps["captions"]) == 10
 
-    code, out, err = cli(capsys, "caption", "show", str(run), "--num", "2")
+    code, out, err = cli("caption", "show", str(run), "--num", "2")
     assert code == 0, err
     pngs = sorted((run / "show").glob("*.png"))
     assert [p.name for p in pngs] == ["test-0000.png", "test-0001.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
 
     fig = tmp_path / "nll.png"
-    code, out, err = cli(capsys, "caption", "plot", str(run), str(run), "--out", str(fig))
+    code, out, err = cli("caption", "plot", str(run), str(run), "--out", str(fig))
     assert code == 0, err
     assert fig.read_bytes()[:4] == b"\x89PNG"
 
     # resuming at the end trains nothing and adds no rows
-    code, out, err = cli(capsys, "caption", "train", "--run-dir", str(run), "--resume",
+    code, out, err = cli("caption", "train", "--run-dir", str(run), "--resume",
                          "--steps", "16", "--no-progress")
     assert code == 0 and "already at 16 updates" in out
     assert len((run / "metrics.jsonl").read_text().splitlines()) == len(rows)
     # resuming to more updates continues from the checkpoint
-    code, out, err = cli(capsys, "caption", "train", "--run-dir", str(run), "--resume",
+    code, out, err = cli("caption", "train", "--run-dir", str(run), "--resume",
                          "--steps", "20", "--no-progress")
     assert code == 0, err
     assert json.loads(out.splitlines()[-1])["step"] == 20
 
 
-def test_caption_run_keeps_its_own_encoder_and_resumes_identically(
-        tmp_path: Path, capsys, encoder_file: Path) -> None:
+def test_caption_run_keeps_its_own_encoder_and_resumes_identically(cli,
+        tmp_path: Path, encoder_file: Path) -> None:
     copy = tmp_path / "encoder-copy.pt"
     copy.write_bytes(encoder_file.read_bytes())
     args = ["--encoder-weights", str(copy), *TINY, "--eval-every", "0", "--diag-every", "0"]
     a, b = tmp_path / "a", tmp_path / "b"
-    assert cli(capsys, "caption", "train", "--run-dir", str(a), "--steps", "12", *args)[0] == 0
-    assert cli(capsys, "caption", "train", "--run-dir", str(b), "--steps", "8", *args)[0] == 0
+    assert cli("caption", "train", "--run-dir", str(a), "--steps", "12", *args)[0] == 0
+    assert cli("caption", "train", "--run-dir", str(b), "--steps", "8", *args)[0] == 0
     assert (b / "encoder.pt").read_bytes() == (a / "encoder.pt").read_bytes()
     copy.unlink()  # the run folder holds its own copy of the encoder
-    assert cli(capsys, "caption", "train", "--run-dir", str(b), "--resume", "--steps", "12",
+    assert cli("caption", "train", "--run-dir", str(b), "--resume", "--steps", "12",
                "--no-progress")[0] == 0
     sa = checkpoint.load(a / "last.pt")["model"]
     sb = checkpoint.load(b / "last.pt")["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_caption_commands_on_bad_input(tmp_path: Path, capsys, encoder_file: Path) -> None:
+def test_caption_commands_on_bad_input(cli, tmp_path: Path, encoder_file: Path) -> None:
     def fails(*args: str, match: str) -> None:
-        code, out, err = cli(capsys, *args)
+        code, out, err = cli(*args)
         assert code == 2, (args, err)
         assert match in err and len(err.strip().splitlines()) == 1, err
 
@@ -383,10 +377,12 @@ def test_caption_commands_on_bad_input(tmp_path: Path, capsys, encoder_file: Pat
     fails("caption", "train", "--run-dir", str(cls_run), "--resume",
           match="not a caption run; resume it with wsram train")
     cap_run = tmp_path / "cap"
-    assert cli(capsys, "caption", "train", "--run-dir", str(cap_run), "--steps", "2",
+    assert cli("caption", "train", "--run-dir", str(cap_run), "--steps", "2",
                "--encoder-weights", str(encoder_file), *TINY)[0] == 0
-    fails("evaluate", str(cap_run), match="a caption run; use wsram caption")
-    fails("show", str(cap_run), match="a caption run; use wsram caption")
+    fails("evaluate", str(cap_run),
+          match="a caption run, not a classification run; use wsram caption")
+    fails("show", str(cap_run),
+          match="a caption run, not a classification run; use wsram caption")
     fails("train", "--run-dir", str(cap_run), "--resume", match="resume it with wsram caption")
     fails("caption", "plot", str(cap_run), "--out", str(tmp_path / ("a" * 300 + ".png")),
           match="File name too long")
@@ -451,7 +447,7 @@ def fake_torchvision(monkeypatch):
     return tv
 
 
-def test_karpathy_photographs_with_a_torchvision_backbone(tmp_path: Path, capsys,
+def test_karpathy_photographs_with_a_torchvision_backbone(cli, tmp_path: Path,
                                                           fake_torchvision) -> None:
     pytest.importorskip("PIL")
     from PIL import Image
@@ -471,20 +467,20 @@ def test_karpathy_photographs_with_a_torchvision_backbone(tmp_path: Path, capsys
     weights = tmp_path / "resnet18.pth"
     torch.save(_FakeResNet().state_dict(), weights)
     run = tmp_path / "run"
-    code, out, err = cli(capsys, "caption", "train", "--run-dir", str(run), "--dataset",
+    code, out, err = cli("caption", "train", "--run-dir", str(run), "--dataset",
                          "karpathy", "--karpathy-json", str(js), "--image-dir", str(tmp_path),
                          "--image-size", "64", "--encoder", "resnet18", "--encoder-weights",
                          str(weights), "--steps", "4", "--hidden", "16", "--embed", "8",
                          "--batch-size", "3", "--samples", "2", "--log-every", "2",
                          "--diag-every", "0", "--eval-every", "0", "--no-progress")
     assert code == 0, err
-    code, out, err = cli(capsys, "caption", "evaluate", str(run))
+    code, out, err = cli("caption", "evaluate", str(run))
     assert code == 0, err
     res = json.loads((run / "eval.json").read_text())
     assert res["split"] == "test" and res["images"] == 2
     # weights of another network are refused in one line
     torch.save({"fc.weight": torch.zeros(2, 2)}, weights)
-    code, out, err = cli(capsys, "caption", "train", "--run-dir", str(tmp_path / "r2"),
+    code, out, err = cli("caption", "train", "--run-dir", str(tmp_path / "r2"),
                          "--dataset", "karpathy", "--karpathy-json", str(js), "--image-dir",
                          str(tmp_path), "--encoder", "resnet18", "--encoder-weights",
                          str(weights), "--no-progress")
@@ -499,12 +495,12 @@ def test_torchvision_missing_is_one_clear_error(tmp_path: Path, monkeypatch) -> 
         ResNetEncoder("resnet18", tmp_path / "w.pth")
 
 
-@pytest.mark.parametrize("path, cls_name", [("configs/default.yaml", "Config"),
+@pytest.mark.parametrize("path, cls_name", [("configs/default.yaml", "ClassificationConfig"),
                                              ("configs/caption.yaml", "CaptionConfig")])
 def test_shipped_default_configs_hold_the_defaults(path: str, cls_name: str) -> None:
-    from wsram import config as config_module
+    from wsram.classification.config import ClassificationConfig
     from wsram.config import load_yaml
 
-    cls = CaptionConfig if cls_name == "CaptionConfig" else config_module.Config
+    cls = CaptionConfig if cls_name == "CaptionConfig" else ClassificationConfig
     root = Path(__file__).resolve().parent.parent
     assert make_config(load_yaml(root / path), cls).to_dict() == cls().to_dict()

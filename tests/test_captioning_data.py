@@ -32,7 +32,7 @@ from wsram.captioning import (
     make_scenes,
     tokenize,
 )
-from wsram.data import load_digits, render
+from wsram.classification.data import load_digits, render
 from wsram.errors import CheckpointError, ConfigError, DataError
 
 HAVE_COCO = importlib.util.find_spec("pycocoevalcap") is not None

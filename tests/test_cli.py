@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wsram.cli import main
-from wsram.runs import read_metrics
+from wsram.run_dir import read_metrics
 
 TINY = ["--canvas-size", "32", "--digit-min", "10", "--digit-max", "20", "--hidden", "16",
         "--patch", "6", "--context-size", "8", "--glimpses", "2", "--batch-size", "8",
@@ -35,12 +34,6 @@ def wsram(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return p
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
 
 def test_train_evaluate_show_end_to_end(tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -62,10 +55,10 @@ def test_train_evaluate_show_end_to_end(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("method", ["var", "var+c", "wsram", "wsram+c", "wsram+q", "vimco"])
-def test_every_method_trains(capsys, tmp_path: Path, method: str) -> None:
+def test_every_method_trains(cli, tmp_path: Path, method: str) -> None:
     precision = "bf16" if method == "wsram+q" else "fp32"
     temperature = "1" if method == "vimco" else "1.5"
-    code, out, err = cli(capsys, "train", "--run-dir", str(tmp_path), "--method", method,
+    code, out, err = cli("train", "--run-dir", str(tmp_path), "--method", method,
                          "--steps", "6", "--temperature", temperature, "--coverage", "0.1",
                          "--entropy", "0.01", "--precision", precision, *TINY)
     assert code == 0, err
@@ -73,16 +66,16 @@ def test_every_method_trains(capsys, tmp_path: Path, method: str) -> None:
     assert last["step"] == 6 and 0 <= last["eval/test_error_mc"] <= 1
 
 
-def test_resume_continues_exactly(capsys, tmp_path: Path) -> None:
+def test_resume_continues_exactly(cli, tmp_path: Path) -> None:
     common = ["--method", "var+c", *TINY]
-    assert cli(capsys, "train", "--run-dir", str(tmp_path / "a"), "--steps", "20", *common)[0] == 0
-    assert cli(capsys, "train", "--run-dir", str(tmp_path / "b"), "--steps", "10", *common)[0] == 0
-    assert cli(capsys, "train", "--run-dir", str(tmp_path / "b"), "--steps", "20", "--resume",
+    assert cli("train", "--run-dir", str(tmp_path / "a"), "--steps", "20", *common)[0] == 0
+    assert cli("train", "--run-dir", str(tmp_path / "b"), "--steps", "10", *common)[0] == 0
+    assert cli("train", "--run-dir", str(tmp_path / "b"), "--steps", "20", "--resume",
                "--no-progress")[0] == 0
     # Resuming a finished run does nothing, and logs nothing twice.
-    assert cli(capsys, "train", "--run-dir", str(tmp_path / "b"), "--resume",
+    assert cli("train", "--run-dir", str(tmp_path / "b"), "--resume",
                "--no-progress")[0] == 0
-    code, _, err = cli(capsys, "train", "--run-dir", str(tmp_path / "b"), "--resume",
+    code, _, err = cli("train", "--run-dir", str(tmp_path / "b"), "--resume",
                        "--method", "wsram", "--loc-std", "0.05")
     assert code == 2 and "cannot resume with a different config" in err
     assert "method 'var+c' -> 'wsram'" in err and "loc_std" in err
@@ -108,40 +101,40 @@ def test_resume_continues_exactly(capsys, tmp_path: Path) -> None:
     (["--method", "vimco", "--temperature", "2"], "use temperature 1 with vimco"),
     (["--precision", "fp8"], "precision: expected fp32 or bf16"),
 ])
-def test_bad_options_get_one_line_and_exit_2(capsys, tmp_path: Path, args, message) -> None:
-    code, out, err = cli(capsys, "train", "--run-dir", str(tmp_path / "r"), "--steps", "3",
+def test_bad_options_get_one_line_and_exit_2(cli, tmp_path: Path, args, message) -> None:
+    code, out, err = cli("train", "--run-dir", str(tmp_path / "r"), "--steps", "3",
                          *TINY, *args)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
 
 
-def test_config_file_unknown_key_and_bad_yaml(capsys, tmp_path: Path) -> None:
+def test_config_file_unknown_key_and_bad_yaml(cli, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("method: wsram\nhiden: 32\n")
-    code, _, err = cli(capsys, "train", "--run-dir", str(tmp_path / "r"), "--config", str(cfg))
+    code, _, err = cli("train", "--run-dir", str(tmp_path / "r"), "--config", str(cfg))
     assert code == 2 and "unknown config key 'hiden'; did you mean 'hidden'?" in err
     cfg.write_text("method: [wsram\n")
-    code, _, err = cli(capsys, "train", "--run-dir", str(tmp_path / "r"), "--config", str(cfg))
+    code, _, err = cli("train", "--run-dir", str(tmp_path / "r"), "--config", str(cfg))
     assert code == 2 and "not valid YAML" in err
-    code, _, err = cli(capsys, "train", "--run-dir", str(tmp_path / "r"), "--config",
+    code, _, err = cli("train", "--run-dir", str(tmp_path / "r"), "--config",
                        str(tmp_path / "missing.yaml"))
     assert code == 2 and "no such config file" in err
 
 
-def test_run_folders_are_not_clobbered_and_bad_runs_are_refused(capsys, tmp_path: Path) -> None:
+def test_run_folders_are_not_clobbered_and_bad_runs_are_refused(cli, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert cli(capsys, "train", "--run-dir", str(run), "--steps", "2", *TINY)[0] == 0
+    assert cli("train", "--run-dir", str(run), "--steps", "2", *TINY)[0] == 0
     before = (run / "last.pt").read_bytes()
-    code, _, err = cli(capsys, "train", "--run-dir", str(run), "--steps", "2", *TINY)
+    code, _, err = cli("train", "--run-dir", str(run), "--steps", "2", *TINY)
     assert code == 2 and "already holds a run" in err
     assert (run / "last.pt").read_bytes() == before
     # Outputs never land on a user's checkpoint or in a folder that is not there.
-    code, _, err = cli(capsys, "show", str(run), "--out", str(run / "last.pt"))
+    code, _, err = cli("show", str(run), "--out", str(run / "last.pt"))
     assert code == 2 and "expected a .png file name" in err
-    code, _, err = cli(capsys, "show", str(run), "--out", str(tmp_path / "no" / "x.png"))
+    code, _, err = cli("show", str(run), "--out", str(tmp_path / "no" / "x.png"))
     assert code == 2 and "no such folder" in err
-    code, _, err = cli(capsys, "cost", str(run), "--out", str(run / "config.yaml"))
+    code, _, err = cli("cost", str(run), "--out", str(run / "config.yaml"))
     assert code == 2 and "expected a .md" in err
     assert (run / "last.pt").read_bytes() == before
     assert oct((run / "last.pt").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
@@ -149,12 +142,12 @@ def test_run_folders_are_not_clobbered_and_bad_runs_are_refused(capsys, tmp_path
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
     (tmp_path / "cut" / "last.pt").write_bytes(before[: len(before) // 2])
-    code, _, err = cli(capsys, "evaluate", str(tmp_path / "cut"))
+    code, _, err = cli("evaluate", str(tmp_path / "cut"))
     assert code == 2 and "truncated or not a checkpoint" in err
     (tmp_path / "cut" / "config.yaml").write_text(
         (run / "config.yaml").read_text().replace("hidden: 16", "hidden: 32"))
     (tmp_path / "cut" / "last.pt").write_bytes(before)
-    code, _, err = cli(capsys, "evaluate", str(tmp_path / "cut"))
+    code, _, err = cli("evaluate", str(tmp_path / "cut"))
     assert code == 2 and "different model: hidden=16 (expected 32)" in err
 
     class Evil:
@@ -162,9 +155,9 @@ def test_run_folders_are_not_clobbered_and_bad_runs_are_refused(capsys, tmp_path
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
     torch.save({"format": "wsram-checkpoint-v1", "x": Evil()}, tmp_path / "cut" / "last.pt")
-    code, _, err = cli(capsys, "evaluate", str(tmp_path / "cut"))
+    code, _, err = cli("evaluate", str(tmp_path / "cut"))
     assert code == 2 and "refused" in err and not (tmp_path / "pwned").exists()
-    code, _, err = cli(capsys, "evaluate", str(tmp_path / "nothing-here"))
+    code, _, err = cli("evaluate", str(tmp_path / "nothing-here"))
     assert code == 2 and "no such run folder" in err
-    code, _, err = cli(capsys, "train", "--run-dir", str(tmp_path / "new"), "--resume")
+    code, _, err = cli("train", "--run-dir", str(tmp_path / "new"), "--resume")
     assert code == 2 and "nothing to resume" in err

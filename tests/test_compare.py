@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from wsram.cli import main
-from wsram.compare import updates_to_reach
+from wsram.classification.compare import updates_to_reach
 
 TINY = ["--canvas-size", "32", "--digit-min", "10", "--digit-max", "20", "--hidden", "16",
         "--patch", "6", "--context-size", "8", "--glimpses", "2", "--batch-size", "8",
@@ -17,16 +14,10 @@ TINY = ["--canvas-size", "32", "--digit-min", "10", "--digit-max", "20", "--hidd
         "--diag-batch", "8", "--diag-repeats", "3", "--no-progress"]
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
-
-def test_compare_end_to_end(capsys, tmp_path: Path) -> None:
+def test_compare_end_to_end(cli, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    code, stdout, err = run(capsys, "compare", "--out", str(out), "--steps", "8", *TINY)
+    code, stdout, err = cli("compare", "--out", str(out), "--steps", "8", *TINY)
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
     names = {"var", "var+c", "wsram", "wsram+c", "wsram+q", "wsram+q+c", "vimco",
@@ -49,24 +40,24 @@ def test_compare_end_to_end(capsys, tmp_path: Path) -> None:
 
     # Interrupted or extended: a second call resumes every run instead of starting over.
     before = (out / "vimco" / "metrics.jsonl").read_text()
-    code, _, err = run(capsys, "compare", "--out", str(out), "--steps", "10", *TINY)
+    code, _, err = cli("compare", "--out", str(out), "--steps", "10", *TINY)
     assert code == 0, err
     after = (out / "vimco" / "metrics.jsonl").read_text()
     assert after.startswith(before.split('{"step": 8')[0])
     assert json.loads((out / "results.json").read_text())["runs"]["vimco"]["updates"] == 10
 
     # A different setup into the same folder is refused, not mixed in.
-    code, _, err = run(capsys, "compare", "--out", str(out), "--steps", "10", *TINY,
+    code, _, err = cli("compare", "--out", str(out), "--steps", "10", *TINY,
                        "--lr", "0.01")
     assert code == 2 and "cannot resume with a different config (lr 0.001 -> 0.01)" in err
-    code, _, err = run(capsys, "compare", "--out", str(out), "--steps", "10", *TINY,
+    code, _, err = cli("compare", "--out", str(out), "--steps", "10", *TINY,
                        "--lr", "0.01", "--jobs", "2")
     assert code == 2 and "cannot resume with a different config" in err
 
     (out / "figure2.png").unlink()
-    code, _, err = run(capsys, "compare", "--plot-only", str(out))
+    code, _, err = cli("compare", "--plot-only", str(out))
     assert code == 0 and (out / "figure2.png").is_file()
-    code, _, err = run(capsys, "compare", "--plot-only", str(tmp_path / "nothing"))
+    code, _, err = cli("compare", "--plot-only", str(tmp_path / "nothing"))
     assert code == 2 and "no such comparison folder" in err
 
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from wsram.cli import main
+from wsram.classification.cnn import ConvClassifier
+from wsram.classification.cost import area_macs, count_macs, inference_macs, sensor_macs
+from wsram.classification.evaluate import evaluate_run
+from wsram.classification.model import AttentionModel
 from wsram.config import make_config
-from wsram.cost import area_macs, count_macs, inference_macs, sensor_macs
 from wsram.errors import ConfigError
-from wsram.evaluate import evaluate_run
 from wsram.methods import METHODS
-from wsram.models import AttentionModel, ConvClassifier
-from wsram.runs import read_metrics
+from wsram.run_dir import read_metrics
 from wsram.train import train
 
 TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, context_size=8,
@@ -24,12 +24,6 @@ TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, cont
             log_every=2, eval_every=0, checkpoint_every=4, diag_every=3, diag_batch=8,
             diag_repeats=3, threads=1)
 
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -126,18 +120,18 @@ def test_cnn_trains_evaluates_and_diagnoses(runs: dict[str, Path]) -> None:
 
 
 def test_compare_leaves_the_cnn_out() -> None:
-    from wsram.compare import default_variants
+    from wsram.classification.compare import default_variants
 
     assert "cnn" not in {v.method for v in default_variants()}
 
 
 # --- the command line ---------------------------------------------------------------------
-def test_cost_end_to_end(capsys, runs: dict[str, Path], tmp_path: Path) -> None:
+def test_cost_end_to_end(cli, runs: dict[str, Path], tmp_path: Path) -> None:
     att, cnn = runs["wsram+q+c"], runs["cnn"]
     (att / "eval.json").unlink(missing_ok=True)  # computed when missing...
     evaluate_run(cnn, test_size=10)  # ...and when of another test set it is read as it is
     md = tmp_path / "cost.md"
-    code, out, err = cli(capsys, "cost", str(att), str(cnn), "--json", "--threads", "1",
+    code, out, err = cli("cost", str(att), str(cnn), "--json", "--threads", "1",
                          "--seconds", "0.05", "--out", str(md))
     assert code == 0, err
     a, c = json.loads(out)
@@ -153,7 +147,7 @@ def test_cost_end_to_end(capsys, runs: dict[str, Path], tmp_path: Path) -> None:
     assert text.startswith("# Inference cost") and "| MACs per image |" in text
     assert "| method | WS-RAM+q+c | CNN |" in text
     # The plain table: one column per run, the rows labelled.
-    code, out, err = cli(capsys, "cost", str(att), str(cnn), "--seconds", "0.05",
+    code, out, err = cli("cost", str(att), str(cnn), "--seconds", "0.05",
                          "--threads", "1")
     assert code == 0, err
     lines = out.splitlines()
@@ -168,24 +162,24 @@ def test_cost_end_to_end(capsys, runs: dict[str, Path], tmp_path: Path) -> None:
     (["RUN", "--out", "/nonexistent/dir/x.md"], "no such folder"),
     (["RUN", "--seconds", "0"], "--seconds > 0"),
 ])
-def test_cost_bad_input_one_line(capsys, runs: dict[str, Path], tmp_path: Path,
+def test_cost_bad_input_one_line(cli, runs: dict[str, Path], tmp_path: Path,
                                  args: list[str], message: str) -> None:
     args = [str(runs["cnn"]) if a == "RUN" else a for a in args]
     if args[0] == ".":
         args[0] = str(tmp_path)
-    code, _, err = cli(capsys, "cost", *args)
+    code, _, err = cli("cost", *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_show_refuses_a_cnn_run_in_one_line(capsys, runs: dict[str, Path]) -> None:
-    code, _, err = cli(capsys, "show", str(runs["cnn"]))
+def test_show_refuses_a_cnn_run_in_one_line(cli, runs: dict[str, Path]) -> None:
+    code, _, err = cli("show", str(runs["cnn"]))
     assert code == 2 and "takes no glimpses" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_checkpoint_of_the_other_network_is_refused_in_one_line(capsys, runs) -> None:
+def test_a_checkpoint_of_the_other_network_is_refused_in_one_line(cli, runs) -> None:
     for run, other in ((runs["cnn"], "wsram"), (runs["wsram+q+c"], "cnn")):
         before = (run / "last.pt").read_bytes()
-        code, _, err = cli(capsys, "train", "--run-dir", str(run), "--resume", "--method", other,
+        code, _, err = cli("train", "--run-dir", str(run), "--resume", "--method", other,
                            "--steps", "20", "--no-progress")
         assert code == 2 and "cannot resume with a different config (method" in err, err
         assert len(err.strip().splitlines()) == 1 and (run / "last.pt").read_bytes() == before
@@ -197,5 +191,5 @@ def test_a_checkpoint_of_the_other_network_is_refused_in_one_line(capsys, runs) 
         (fake / "config.yaml").write_text(
             "\n".join(f"method: {other}" if line.startswith("method:") else line
                       for line in cfg.splitlines()))
-        code, _, err = cli(capsys, "evaluate", str(fake))
+        code, _, err = cli("evaluate", str(fake))
         assert code == 2 and "made with a different model: model=" in err, err

@@ -13,9 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import wsram.data.canvas as canvas_mod
-import wsram.data.digits as digits_mod
-from wsram.data import (
+import wsram.classification.data.canvas as canvas_mod
+import wsram.classification.data.digits as digits_mod
+from wsram.classification.data import (
     CanvasGenerator,
     CanvasSpec,
     DigitSet,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wsram.classification.model import AttentionModel
+from wsram.classification.task import policy_diagnostics
 from wsram.diagnostics import diagnose, gradient_estimates, variance_stats
 from wsram.estimators.common import finish
 from wsram.methods import METHODS, Method
-from wsram.models import AttentionModel
 
 
 def test_variance_stats_known_values() -> None:
@@ -47,9 +48,11 @@ def test_diagnose_ranges_and_leaves_the_training_stream_alone(name: str) -> None
     x, y = torch.rand(6, 1, 32, 32), torch.randint(0, 3, (6,))
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    d1 = diagnose(model, METHODS[name], x, y, samples=4, repeats=3, seed=7)
+    d1 = diagnose(model, METHODS[name], x, y, samples=4, repeats=3, seed=7,
+                       extra=policy_diagnostics)
     assert torch.equal(torch.get_rng_state(), before)
-    assert d1 == diagnose(model, METHODS[name], x, y, samples=4, repeats=3, seed=7)
+    assert d1 == diagnose(model, METHODS[name], x, y, samples=4, repeats=3, seed=7,
+                       extra=policy_diagnostics)
     assert 1 - 1e-6 <= d1["ess"] <= 4 + 1e-6
     assert d1["grad_var"] >= 0 and d1["bound"] <= 0
     assert d1["scale0"] + d1["scale1"] == pytest.approx(1.0)

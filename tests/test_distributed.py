@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
+from wsram.classification.data import CanvasGenerator, CanvasSpec, load_digits
+from wsram.classification.task import build_model
 from wsram.config import make_config
-from wsram.data import CanvasGenerator, CanvasSpec, load_digits
 from wsram.distributed import rank_seed
 from wsram.methods import METHODS
-from wsram.runs import build_model, read_metrics
+from wsram.run_dir import read_metrics
 
 TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, context_size=8,
             glimpses=2, batch_size=8, samples=3, eval_size=20, test_size=30, eval_samples=2,

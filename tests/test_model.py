@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from wsram.glimpse import GlimpseSensor
+from wsram.classification.glimpse import GlimpseSensor
+from wsram.classification.model import AttentionModel
 from wsram.methods import METHODS
-from wsram.models import AttentionModel
 from wsram.policy import ActionDist
 
 H = 60
@@ -179,8 +179,9 @@ def test_rollout_shapes_and_temperature_densities() -> None:
                                                ("wsram", 1.0)])
 def test_training_error_comes_from_the_models_own_untempered_policy(
         name: str, temperature: float, monkeypatch) -> None:
+    from wsram.classification.task import classification_metrics
     from wsram.config import make_config
-    from wsram.train import forward_step
+    from wsram.engine import forward_step
 
     model, (x, y) = tiny_model(), batch()
     cfg = make_config(canvas_size=32, digit_min=10, digit_max=20, glimpses=2, patch=4,
@@ -195,7 +196,8 @@ def test_training_error_comes_from_the_models_own_untempered_policy(
         return r
 
     monkeypatch.setattr(model, "rollout", spy)
-    _, _, rollout, extra = forward_step(model, METHODS[name], cfg, x, y)
+    _, _, rollout, extra = forward_step(model, METHODS[name], cfg, x, y,
+                                        metrics=classification_metrics)
     err = extra["error"]
     if name == "wsram":  # samples of the prior itself: the first trajectory is reused
         assert len(calls) == 1

@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsram import methods
-from wsram.config import Config, field_names, load_yaml, make_config
+from wsram.classification.config import ClassificationConfig
+from wsram.config import field_names, load_yaml, make_config
 from wsram.errors import ConfigError, WsramError
 from wsram.estimators import variational
-from wsram.runs import RunLock, read_metrics
+from wsram.run_dir import RunLock, read_metrics
 from wsram.train import train
 
 TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, context_size=8,
@@ -29,7 +30,7 @@ TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, cont
             diag_repeats=3, method="wsram+q+c", threads=1)
 
 
-def tiny(**kw) -> Config:
+def tiny(**kw) -> ClassificationConfig:
     return make_config({**TINY, **kw})
 
 
@@ -175,7 +176,7 @@ def test_config_fuzz_gives_a_config_or_a_clear_error(values: dict) -> None:
     except ConfigError as e:
         assert str(e) and "\n" not in str(e)
         return
-    assert isinstance(cfg, Config)
+    assert isinstance(cfg, ClassificationConfig)
     assert cfg.samples >= 1 and all(0 < s <= 1 for s in cfg.scales)
     assert cfg.digit_max <= cfg.canvas_size and cfg.loc_std > 0
 

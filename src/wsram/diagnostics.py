@@ -1,12 +1,15 @@
-"""Training diagnostics (METHOD.md, Metrics): gradient variance, ESS, bound, policy usage."""
+"""Training diagnostics (METHOD.md, Metrics): gradient variance, ESS and the bound, on a
+fixed minibatch, for every task; each task adds its own (``extra``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .methods import Method
-from .models import AttentionModel
 
 
 def variance_stats(grads: Tensor) -> dict[str, float]:
@@ -19,7 +22,7 @@ def variance_stats(grads: Tensor) -> dict[str, float]:
     return {"grad_var": trace, "grad_var_rel": trace / norm2 if norm2 > 0 else float("inf")}
 
 
-def gradient_estimates(model: AttentionModel, method: Method, x: Tensor, y: Tensor,
+def gradient_estimates(model: nn.Module, method: Method, x: Any, y: Tensor,
                        samples: int, repeats: int, temperature: float = 1.0,
                        gamma: float = 1.0) -> Tensor:
     """R independent estimates of the prediction network's (theta's) gradient on one fixed
@@ -35,25 +38,23 @@ def gradient_estimates(model: AttentionModel, method: Method, x: Tensor, y: Tens
     return torch.stack(out)
 
 
-@torch.no_grad()
-def policy_usage(model: AttentionModel, x: Tensor) -> dict[str, float]:
-    """The prior policy on x: its mean entropy per glimpse and how often each scale is used."""
-    if model.glimpses == 0:  # the CNN baseline: no policy to describe
-        return {}
-    r = model.rollout(x, num_samples=1)
-    counts = torch.bincount(r.scales.reshape(-1), minlength=model.num_scales).float()
-    freq = counts / counts.sum()
-    stats = {"entropy": r.entropy.mean().item() / model.glimpses}
-    stats.update({f"scale{s}": freq[s].item() for s in range(model.num_scales)})
-    return stats
+def diag_seed(seed: int, step: int) -> int:
+    """Seed of the diagnostics at an update: their own stream, apart from training's."""
+    return seed * 1_000_003 + step
 
 
-def diagnose(model: AttentionModel, method: Method, x: Tensor, y: Tensor, samples: int,
-             repeats: int, seed: int, temperature: float = 1.0,
-             gamma: float = 1.0) -> dict[str, float]:
-    """All diagnostics on a fixed minibatch, drawing from their own random stream so that
-    training's stream is untouched. Keys are logged under ``diag/``."""
-    device = x.device
+#: extra diagnostics of a task: (model, x, y, samples) -> {name: value}, under no_grad
+Extra = Callable[[nn.Module, Any, Tensor, int], dict[str, float]]
+
+
+def diagnose(model: nn.Module, method: Method, x: Any, y: Tensor, samples: int,
+             repeats: int, seed: int, temperature: float = 1.0, gamma: float = 1.0,
+             extra: Extra | None = None) -> dict[str, float]:
+    """All diagnostics on a fixed minibatch, drawing from their own random stream (``seed``,
+    see :func:`diag_seed`) so that training's stream is untouched: gradient variance, ESS
+    and the bound L_K (M8) of the method's estimator, then the task's ``extra``. Keys are
+    logged under ``diag/``."""
+    device = y.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         stats = variance_stats(gradient_estimates(model, method, x, y, samples, repeats,
@@ -63,10 +64,6 @@ def diagnose(model: AttentionModel, method: Method, x: Tensor, y: Tensor, sample
             est = method.objective(r, gamma)
             stats["ess"] = est.ess.mean().item()
             stats["bound"] = est.bound.mean().item()
-            # Errors of the prediction network's own policy on this batch: one trajectory,
-            # and the class probabilities averaged over K (what log p(y|x), M1, rewards).
-            probs = model.rollout(x, num_samples=samples).class_log_probs.exp()  # (B, K, C)
-            stats["error_sampled"] = (probs[:, 0].argmax(-1) != y).float().mean().item()
-            stats["error_mc"] = (probs.mean(1).argmax(-1) != y).float().mean().item()
-        stats.update(policy_usage(model, x))
+            if extra is not None:
+                stats.update(extra(model, x, y, samples))
     return stats

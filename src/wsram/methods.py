@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .estimators import EstimatorOutput, variational, vimco, wake_sleep
 from .estimators.common import finish
-from .models import Rollout
+from .rollout import Rollout
 
 
 def _var(r: Rollout, cv: bool, gamma: float) -> EstimatorOutput:
@@ -41,11 +41,17 @@ def _max_likelihood(r: Rollout, cv: bool, gamma: float) -> EstimatorOutput:
 
 @dataclass(frozen=True)
 class Method:
+    """A training method: where its K samples come from (the prior p(a|x) or the inference
+    network q(a|x,y)), whether it uses control variates, and the estimator that turns a
+    :class:`~wsram.rollout.Rollout`'s log-probabilities into a loss (``objective``). The
+    loss's gradient is minus the method's gradient estimate (METHOD.md M3-M12)."""
+
     name: str
     proposal: str  # "prior" or "q": where the K samples are drawn from
     control_variate: bool
     estimator: Callable[[Rollout, bool, float], EstimatorOutput]
     label: str  # for figures and tables
+    colour: str = "#444444"  # the same in every figure
 
     def objective(self, rollout: Rollout, gamma: float = 1.0) -> EstimatorOutput:
         return self.estimator(rollout, self.control_variate, gamma)
@@ -59,13 +65,13 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("var", "prior", False, _var, "VAR"),
-        Method("var+c", "prior", True, _var, "VAR+c"),
-        Method("wsram", "prior", False, _wake_sleep, "WS-RAM"),
-        Method("wsram+c", "prior", True, _wake_sleep, "WS-RAM+c"),
-        Method("wsram+q", "q", False, _wake_sleep, "WS-RAM+q"),
-        Method("wsram+q+c", "q", True, _wake_sleep, "WS-RAM+q+c"),
-        Method("vimco", "prior", False, _vimco, "VIMCO"),
+        Method("var", "prior", False, _var, "VAR", "#9ecae1"),
+        Method("var+c", "prior", True, _var, "VAR+c", "#08519c"),
+        Method("wsram", "prior", False, _wake_sleep, "WS-RAM", "#fdae6b"),
+        Method("wsram+c", "prior", True, _wake_sleep, "WS-RAM+c", "#d94801"),
+        Method("wsram+q", "q", False, _wake_sleep, "WS-RAM+q", "#a1d99b"),
+        Method("wsram+q+c", "q", True, _wake_sleep, "WS-RAM+q+c", "#006d2c"),
+        Method("vimco", "prior", False, _vimco, "VIMCO", "#756bb1"),
         Method("cnn", "prior", False, _max_likelihood, "CNN"),
     ]
 }

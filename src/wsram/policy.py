@@ -23,6 +23,13 @@ class ActionDist:
     loc_std: float
     scale_logits: Tensor
 
+    @classmethod
+    def from_emission(cls, out: Tensor, loc_std: float) -> ActionDist:
+        """From an emission layer's (..., 2 + S) outputs: location mean through tanh, then
+        S scale logits; in fp32 even under bf16 autocast (densities stay exact)."""
+        out = out.float()
+        return cls(torch.tanh(out[..., :2]), loc_std, out[..., 2:])
+
     def tempered(self, temperature: float) -> ActionDist:
         """The exploration proposal: std x T, logits / T (METHOD.md heuristic 1)."""
         if temperature == 1.0:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 
-from ..config import TrainConfig, _need
+from ..config import TrainConfig, need
 
 ENCODERS = ("digits", "resnet18", "resnet34", "resnet50")
 
@@ -45,6 +45,7 @@ class CaptionConfig(TrainConfig):
     # --- evaluation ---
     beam_size: int = 3  # beam width of `wsram caption evaluate`
 
+    TASK: typing.ClassVar[str] = "captioning"
     MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "hidden", "embed", "neighbourhood", "encoder", "q_word",
     )
@@ -58,7 +59,6 @@ class CaptionConfig(TrainConfig):
 
     def validate(self) -> CaptionConfig:
         super().validate()
-        need = _need
         need(self.method != "cnn", "method: cnn is a classifier; captioning needs attention "
              "(var, var+c, wsram, wsram+c, wsram+q, wsram+q+c, vimco)")
         need(self.coverage == 0, "coverage: not defined for captioning; leave it 0")

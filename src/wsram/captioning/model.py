@@ -29,9 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import Rollout
-from ..models.ram import ParameterGroups
 from ..policy import ActionDist
+from ..rollout import ActionTrace, ParameterGroups, Rollout
 from .vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -44,6 +43,14 @@ class State:
 
 
 class CaptionModel(ParameterGroups, nn.Module):
+    """The hard-attention caption decoder (METHOD.md, Captioning): an LSTM that, for each
+    word, chooses a feature layer (the scale) and a location in it from its state (the
+    prior), reads a neighbourhood of feature cells there, and emits the word. Also holds
+    the inference network q(a|x,y), which sees the word to be explained (eta), and the
+    VAR baseline (``predict_baseline``). ``rollout`` is teacher-forced and returns
+    log-probabilities (:class:`wsram.rollout.Rollout`); ``decode`` captions images.
+    """
+
     def __init__(self, vocab_size: int, channels: list[int] | tuple[int, ...],
                  hidden: int = 256, embed: int = 64, neighbourhood: int = 3,
                  loc_std: float = 0.1, q_word: str = "current"):
@@ -120,18 +127,14 @@ class CaptionModel(ParameterGroups, nn.Module):
         """What the policy and q read at this word: (R, H)."""
         return F.relu(self.top(torch.cat([state.h, self.word_emb(prev_word)], -1)))
 
-    def _split(self, out: Tensor) -> ActionDist:
-        out = out.float()
-        return ActionDist(torch.tanh(out[..., :2]), self.loc_std, out[..., 2:])
-
     def prior_step(self, top: Tensor) -> tuple[ActionDist, Tensor]:
         out = self.emission(top)
-        return self._split(out), out
+        return ActionDist.from_emission(out, self.loc_std), out
 
     def proposal_step(self, top: Tensor, prior_out: Tensor, word: Tensor) -> ActionDist:
         q = self.inference
         hq = F.relu(q["state"](top.detach()) + q["word"](word))
-        return self._split(prior_out.detach() + q["out"](hq))
+        return ActionDist.from_emission(prior_out.detach() + q["out"](hq), self.loc_std)
 
     def read_and_emit(self, feats: list[Tensor], state: State, prev_word: Tensor, loc: Tensor,
                       scale: Tensor, J: int) -> tuple[State, Tensor]:
@@ -169,8 +172,6 @@ class CaptionModel(ParameterGroups, nn.Module):
         if y is None:
             raise ValueError("the caption model's rollout needs the captions y "
                              "(use decode() to caption images)")
-        if proposal not in ("prior", "q"):
-            raise ValueError(f"proposal must be 'prior' or 'q', got {proposal!r}")
         feats = list(x)
         B, K = y.shape[0], num_samples
         R = B * K
@@ -178,45 +179,23 @@ class CaptionModel(ParameterGroups, nn.Module):
         yk = y.repeat_interleave(K, 0)  # (R, L)
         mask = (yk[:, 1:] != PAD_ID).float()  # (R, T)
         state = self.initial_state(feats, K)
-        prior_is_sampler = proposal == "prior" and temperature == 1.0
-        zeros = feats[0].new_zeros(R, dtype=torch.float32)
-        log_lik, log_prior, log_sampler, entropy = zeros, zeros, zeros, zeros
-        word_lp, locs, scales, dists = [], [], [], []
+        trace = ActionTrace((R,), feats[0].device, proposal, temperature, deterministic)
+        log_lik = feats[0].new_zeros(R, dtype=torch.float32)
+        word_lp = []
         for t in range(T):
             prev, target = yk[:, t], yk[:, t + 1]
             top = self.policy_state(state, prev)
             prior, prior_out = self.prior_step(top)
-            if proposal == "prior":
-                sampler = prior
-            else:
-                sampler = self.proposal_step(top, prior_out,
-                                             target if self.q_word == "current" else prev)
-            sampler = sampler.tempered(temperature)
-            loc, scale = sampler.mode() if deterministic else sampler.sample()
-            m = mask[:, t]
-            log_prior = log_prior + m * prior.log_prob(loc, scale)
-            if not prior_is_sampler:
-                log_sampler = log_sampler + m * sampler.log_prob(loc, scale)
-            entropy = entropy + m * prior.entropy()
+            q = None
+            if proposal == "q":
+                q = self.proposal_step(top, prior_out,
+                                       target if self.q_word == "current" else prev)
+            loc, scale = trace.step(prior, q, mask[:, t])
             state, lp = self.read_and_emit(feats, state, prev, loc, scale, K)
-            log_lik = log_lik + m * lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            log_lik = log_lik + mask[:, t] * lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
             word_lp.append(lp)
-            locs.append(loc)
-            scales.append(scale)
-            dists.append(prior)
-        return Rollout(
-            class_log_probs=torch.stack(word_lp, 1).view(B, K, T, -1),
-            log_lik=log_lik.view(B, K),
-            log_prior=log_prior.view(B, K),
-            log_sampler=(log_prior if prior_is_sampler else log_sampler).view(B, K),
-            from_prior=proposal == "prior",
-            temperature=temperature,
-            entropy=entropy.view(B, K),
-            locs=torch.stack(locs, 1).view(B, K, T, 2),
-            scales=torch.stack(scales, 1).view(B, K, T),
-            prior_dists=dists,
-            baseline=self.predict_baseline(feats, y),
-        )
+        return trace.rollout(B, K, torch.stack(word_lp, 1).view(B, K, T, -1),
+                             log_lik.view(B, K), self.predict_baseline(feats, y))
 
     # --- captioning: no teacher forcing ---
     @torch.no_grad()

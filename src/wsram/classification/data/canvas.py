@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsram.data.digits import DigitSet
+from wsram.classification.data.digits import DigitSet
 from wsram.errors import ConfigError, DataError
 
 _TEST_CHUNK = 1024  # canvases rendered at once by make_test_set: bounds the grid memory
@@ -132,7 +132,7 @@ class CanvasGenerator:
 
     def load_state_dict(self, state: Mapping[str, Tensor] | Tensor) -> None:
         """Restore a state from :meth:`state_dict` (or the bare uint8 tensor)."""
-        from ..checkpoint import restore_generator
+        from ...checkpoint import restore_generator
 
         rng = state.get("rng_state") if isinstance(state, Mapping) else state
         restore_generator(self._generator, rng, "canvas generator state 'rng_state'")

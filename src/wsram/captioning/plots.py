@@ -1,9 +1,8 @@
-"""Evaluating and drawing caption runs: BLEU on a split, captions with their glimpses, and
-training curves of several runs (the paper's Figure 6)."""
+"""Figures of caption runs: each word of a caption with the region it attended, and
+training curves of several runs (the paper's Figure 6). They read files, never train."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,45 +14,9 @@ import torch  # noqa: E402
 
 from ..checkpoint import atomic_write_bytes, writable_output  # noqa: E402
 from ..errors import WsramError  # noqa: E402
-from .task import load_caption_run  # noqa: E402
-
-SPLITS = ("val", "test")
-
-
-def evaluate_caption_run(run_dir: str | Path, which: str = "last", split: str = "test",
-                         beam_size: int | None = None, size: int | None = None,
-                         progress: bool = False) -> dict[str, Any]:
-    """BLEU-1..4 and CIDEr of greedy and beam-search captions of a split; writes
-    ``RUN/eval.json`` (top-level ``bleu1``..``bleu4`` and ``cider`` are beam search's)
-    and ``RUN/captions.json`` (every caption with its references)."""
-    if split not in SPLITS:
-        raise WsramError(f"--split: expected val or test, got {split!r}")
-    cfg, task, model, state = load_caption_run(run_dir, which, progress)
-    beam = cfg.beam_size if beam_size is None else beam_size
-    n = len(task.split(split)) if size is None else min(size, len(task.split(split)))
-    refs = task.split(split).references[:n]
-    greedy = task.captions(model, split, n, 1)
-    beamed = task.captions(model, split, n, beam) if beam > 1 else greedy
-    from .bleu import corpus_bleu
-
-    scores = {"greedy": corpus_bleu(refs, greedy), "beam": corpus_bleu(refs, beamed)}
-    result = {**scores["beam"], "decoding": f"beam search, width {beam}", "beam_size": beam,
-              "greedy": scores["greedy"], "beam": scores["beam"], "split": split,
-              "images": n, "teacher_forcing": False, "step": int(state["step"]),
-              "checkpoint": f"{which}.pt", "method": cfg.method}
-    if which == "best":
-        result["selected_on"] = (f"BLEU-4 of greedy captions of the first {cfg.eval_size} "
-                                 "val images")
-    run_dir = Path(run_dir)
-    atomic_write_bytes(run_dir / "eval.json",
-                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
-    rows = [{"image": i, "greedy": " ".join(g), "beam": " ".join(b),
-             "references": [" ".join(r) for r in rs]}
-            for i, (g, b, rs) in enumerate(zip(greedy, beamed, refs, strict=True))]
-    atomic_write_bytes(run_dir / "captions.json", lambda f: f.write(
-        (json.dumps({"split": split, "checkpoint": f"{which}.pt", "captions": rows},
-                    indent=1) + "\n").encode()))
-    return result
+from ..methods import METHODS  # noqa: E402
+from ..run_dir import read_metrics  # noqa: E402
+from .evaluate import SPLITS  # noqa: E402
 
 
 def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: int = 8,
@@ -62,7 +25,9 @@ def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: i
     attended (a box n cells wide in the chosen layer, drawn on the image)."""
     if split not in SPLITS:
         raise WsramError(f"--split: expected val or test, got {split!r}")
-    cfg, task, model, state = load_caption_run(run_dir, which)
+    from ..tasks import load_run
+
+    cfg, task, model, state = load_run(run_dir, which, task="captioning")
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "show"
     if out_dir.exists() and not out_dir.is_dir():
         raise WsramError(f"{out_dir}: exists and is not a folder")
@@ -120,9 +85,6 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, key: str = "train/n
                 log_y: bool = False) -> Path:
     """One line per run of ``key`` from its metrics.jsonl against updates (e.g. the
     training negative log-likelihood of WS-RAM and VAR, paper Figure 6)."""
-    from ..plots import METHOD_COLOURS
-    from ..runs import read_metrics
-
     out = writable_output(out, (".png",))
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     for run in run_dirs:
@@ -136,7 +98,7 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, key: str = "train/n
         method = _method(run)
         ax.plot([r["step"] for r in rows], [r[key] for r in rows],
                 label=f"{method} ({run.name})" if method != run.name else method,
-                color=METHOD_COLOURS.get(method))
+                color=METHODS[method].colour if method in METHODS else None)
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("updates")

@@ -10,74 +10,24 @@ their losses never move theta. The model computes log-probabilities, never a los
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..glimpse import GlimpseSensor
 from ..policy import ActionDist
-
-
-@dataclass
-class Rollout:
-    """K trajectories for each of B images. Shapes use N glimpses and C classes.
-
-    class_log_probs: (B, K, C)   log p(. | a^k, x)
-    log_lik:         (B, K)      log p(y | a^k, x), when y was given
-    log_prior:       (B, K)      log p(a^k | x) under the untempered prior (grad to theta)
-    log_sampler:     (B, K)      log-density of the distribution the actions were drawn from
-                                 (tempered prior or tempered q; grad to its own parameters)
-    from_prior:      whether that distribution was the (possibly tempered) prior
-    temperature:     the sampling temperature; log_sampler is log_prior itself when the
-                     samples came from the untempered prior
-    entropy:         (B, K)      sum over glimpses of the prior's entropy
-    locs:            (B, K, N, 2)
-    scales:          (B, K, N)
-    prior_dists:     per-glimpse prior distributions (for the coverage regulariser)
-    baseline:        (B,)        predicted reward b(x), when y was given
-    """
-
-    class_log_probs: Tensor
-    log_lik: Tensor | None
-    log_prior: Tensor
-    log_sampler: Tensor
-    from_prior: bool
-    temperature: float
-    entropy: Tensor
-    locs: Tensor
-    scales: Tensor
-    prior_dists: list[ActionDist]
-    baseline: Tensor | None
-
-    @property
-    def sampled_from_prior(self) -> bool:
-        """True when the actions are exact samples of the untempered prior p(a|x)."""
-        return self.from_prior and self.temperature == 1.0
-
-
-class ParameterGroups:
-    """theta / eta / baseline split of a model with ``inference`` (q) and ``baseline``
-    submodules: theta is everything else, the prediction network."""
-
-    inference: nn.Module
-    baseline: nn.Module
-    parameters: Any
-
-    def theta(self) -> list[nn.Parameter]:
-        skip = {id(p) for p in self.eta()} | {id(p) for p in self.baseline_params()}
-        return [p for p in self.parameters() if id(p) not in skip]
-
-    def eta(self) -> list[nn.Parameter]:
-        return list(self.inference.parameters())
-
-    def baseline_params(self) -> list[nn.Parameter]:
-        return list(self.baseline.parameters())
+from ..rollout import ActionTrace, ParameterGroups, Rollout
+from .glimpse import GlimpseSensor
 
 
 class AttentionModel(ParameterGroups, nn.Module):
+    """The attention classifier (METHOD.md, Architecture): a context network reads a
+    low-resolution copy of the canvas into the top layer; N times the top layer emits an
+    action (location, scale) and a glimpse there feeds the bottom layer; the class is read
+    from the bottom layer. Also holds the inference network q(a|x,y) (eta) and the VAR
+    baseline b(x). ``rollout`` runs K trajectories per image and returns their
+    log-probabilities (:class:`wsram.rollout.Rollout`); it never computes a loss.
+    """
+
     def __init__(
         self,
         canvas_size: int = 100,
@@ -131,21 +81,17 @@ class AttentionModel(ParameterGroups, nn.Module):
         low = F.interpolate(x, size=(self.context_size,) * 2, mode="area")
         return self.context(low)
 
-    def _split(self, out: Tensor) -> ActionDist:
-        out = out.float()  # densities in fp32 even under bf16 autocast
-        return ActionDist(torch.tanh(out[..., :2]), self.loc_std, out[..., 2:])
-
     def prior_step(self, h2: Tensor) -> tuple[ActionDist, Tensor]:
         """p(a_n | x, a_<n) from the top layer: (B, K, D) -> (dist over (B, K), raw outputs)."""
         out = self.emission(h2)
-        return self._split(out), out
+        return ActionDist.from_emission(out, self.loc_std), out
 
     def proposal_step(self, h2: Tensor, prior_out: Tensor, label_emb: Tensor) -> ActionDist:
         """q(a_n | x, y, a_<n): the prior's outputs plus a label-aware correction, all read
         with gradient stopped so that q's update never moves theta."""
         q = self.inference
         h = F.relu(q["state"](h2.detach()) + label_emb)
-        return self._split(prior_out.detach() + q["out"](h))
+        return ActionDist.from_emission(prior_out.detach() + q["out"](h), self.loc_std)
 
     def glimpse_features(self, patches: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
         """(B, K, C, G, G), (B, K, 2), (B, K) -> (B, K, D)."""
@@ -171,37 +117,19 @@ class AttentionModel(ParameterGroups, nn.Module):
         x: (B, C, H, W), y: (B,) or None. ``proposal`` is "prior" or "q" (needs y).
         ``deterministic`` follows the policy's mode (location mean, likeliest scale).
         """
-        if proposal not in ("prior", "q"):
-            raise ValueError(f"proposal must be 'prior' or 'q', got {proposal!r}")
         if proposal == "q" and y is None:
             raise ValueError("the inference network needs the labels y")
         B, K = x.shape[0], num_samples
+        trace = ActionTrace((B, K), x.device, proposal, temperature, deterministic)
         levels = self.sensor.pyramid(x)
         context = self.forward_context(x)  # (B, D)
         h2 = context.unsqueeze(1).expand(B, K, -1)  # (B, K, D)
         h1 = torch.zeros_like(h2)
         label_emb = self.inference["label"](y).unsqueeze(1) if proposal == "q" else None
-
-        log_prior = x.new_zeros(B, K)
-        log_sampler = x.new_zeros(B, K)  # stays unused when the sampler is the prior itself
-        entropy = x.new_zeros(B, K)
-        locs, scales, prior_dists = [], [], []
-        prior_is_sampler = proposal == "prior" and temperature == 1.0
         for _ in range(self.glimpses):
             prior, prior_out = self.prior_step(h2)
-            sampler = prior if proposal == "prior" else self.proposal_step(h2, prior_out,
-                                                                          label_emb)
-            sampler = sampler.tempered(temperature)
-            loc, scale = sampler.mode() if deterministic else sampler.sample()
-            lp = prior.log_prob(loc, scale)
-            log_prior = log_prior + lp
-            if not prior_is_sampler:
-                log_sampler = log_sampler + sampler.log_prob(loc, scale)
-            entropy = entropy + prior.entropy()
-            prior_dists.append(prior)
-            locs.append(loc)
-            scales.append(scale)
-
+            q = self.proposal_step(h2, prior_out, label_emb) if proposal == "q" else None
+            loc, scale = trace.step(prior, q)
             g = self.glimpse_features(self.sensor(levels, loc, scale), loc, scale)
             h1 = F.relu(self.core1(torch.cat([g, h1], -1)))
             h2 = F.relu(self.core2(torch.cat([h1, h2], -1)))
@@ -211,16 +139,4 @@ class AttentionModel(ParameterGroups, nn.Module):
         if y is not None:
             log_lik = class_log_probs.gather(-1, y.view(B, 1, 1).expand(B, K, 1)).squeeze(-1)
             baseline = self.predict_baseline(context)
-        return Rollout(
-            class_log_probs=class_log_probs,
-            log_lik=log_lik,
-            log_prior=log_prior,
-            log_sampler=log_prior if prior_is_sampler else log_sampler,
-            from_prior=proposal == "prior",
-            temperature=temperature,
-            entropy=entropy,
-            locs=torch.stack(locs, 2),
-            scales=torch.stack(scales, 2),
-            prior_dists=prior_dists,
-            baseline=baseline,
-        )
+        return trace.rollout(B, K, class_log_probs, log_lik, baseline)

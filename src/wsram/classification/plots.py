@@ -17,15 +17,14 @@ GLIMPSE_COLOURS = ["#e41a1c", "#ff7f00", "#4daf4a", "#377eb8", "#984ea3", "#a656
 def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int = 12,
                   deterministic: bool = True, which: str = "last") -> Path:
     """Write a PNG of test canvases with each glimpse's box, order and scale drawn on them."""
-    from .checkpoint import atomic_write_bytes
-    from .errors import WsramError
-    from .runs import load_run, test_set
+    from ..checkpoint import atomic_write_bytes, writable_output
+    from ..errors import WsramError
+    from ..tasks import load_run
+    from .task import test_set
 
     if out is not None:
-        from .checkpoint import writable_output
-
         writable_output(out, (".png",))
-    cfg, model, state = load_run(run_dir, which)
+    cfg, _, model, state = load_run(run_dir, which, task="classification")
     if model.glimpses == 0:
         raise WsramError(f"{run_dir}: a {cfg.method} run takes no glimpses; nothing to show")
     x, y = test_set(cfg, num)
@@ -71,15 +70,12 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
     return out
 
 
-# One colour per method, the same in every figure; "+explore" variants are dashed.
-METHOD_COLOURS = {"var": "#9ecae1", "var+c": "#08519c", "wsram": "#fdae6b",
-                  "wsram+c": "#d94801", "wsram+q": "#a1d99b", "wsram+q+c": "#006d2c",
-                  "vimco": "#756bb1"}
-
-
 def _style(name: str) -> dict:
+    """The method's own colour; "+explore" variants dashed."""
+    from ..methods import METHODS
+
     base = name.replace("+explore", "")
-    return {"color": METHOD_COLOURS.get(base, "#444444"),
+    return {"color": METHODS[base].colour if base in METHODS else "#444444",
             "linestyle": "--" if name.endswith("+explore") else "-", "linewidth": 1.6,
             "label": name}
 
@@ -95,7 +91,7 @@ def _smooth(v: list[float], w: int = 5) -> list[float]:
 
 
 def _save(fig, path: Path) -> None:
-    from .checkpoint import atomic_write_bytes
+    from ..checkpoint import atomic_write_bytes
 
     fig.tight_layout()
     atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=120, format="png"))
@@ -105,7 +101,7 @@ def _save(fig, path: Path) -> None:
 def plot_comparison(out_dir: str | Path, names: list[str]) -> list[Path]:
     """figure2.png (training error, gradient variance, ESS against updates) and
     figure4_exploration.png (heuristics on/off, and glimpse-scale usage)."""
-    from .runs import read_metrics
+    from ..run_dir import read_metrics
 
     out_dir = Path(out_dir)
     rows = {n: read_metrics(out_dir / n) for n in names}

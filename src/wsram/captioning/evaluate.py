@@ -1,0 +1,65 @@
+"""Evaluating caption runs: BLEU-1..4 and CIDEr of decoded captions on a split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import atomic_write_bytes
+from ..errors import WsramError
+from .bleu import corpus_bleu
+
+SPLITS = ("val", "test")
+
+
+def evaluate_caption_run(run_dir: str | Path, which: str = "last", split: str = "test",
+                         beam_size: int | None = None, size: int | None = None,
+                         progress: bool = False) -> dict[str, Any]:
+    """BLEU-1..4 and CIDEr of greedy and beam-search captions of a split; writes
+    ``RUN/eval.json`` (top-level ``bleu1``..``bleu4`` and ``cider`` are beam search's)
+    and ``RUN/captions.json`` (every caption with its references)."""
+    if split not in SPLITS:
+        raise WsramError(f"--split: expected val or test, got {split!r}")
+    from ..tasks import load_run
+
+    cfg, task, model, state = load_run(run_dir, which, task="captioning", progress=progress)
+    beam = cfg.beam_size if beam_size is None else beam_size
+    n = len(task.split(split)) if size is None else min(size, len(task.split(split)))
+    refs = task.split(split).references[:n]
+    greedy = task.captions(model, split, n, 1)
+    beamed = task.captions(model, split, n, beam) if beam > 1 else greedy
+    scores = {"greedy": corpus_bleu(refs, greedy), "beam": corpus_bleu(refs, beamed)}
+    result = {**scores["beam"], "decoding": f"beam search, width {beam}", "beam_size": beam,
+              "greedy": scores["greedy"], "beam": scores["beam"], "split": split,
+              "images": n, "teacher_forcing": False, "step": int(state["step"]),
+              "checkpoint": f"{which}.pt", "method": cfg.method}
+    if which == "best":
+        result["selected_on"] = (f"BLEU-4 of greedy captions of the first {cfg.eval_size} "
+                                 "val images")
+    run_dir = Path(run_dir)
+    atomic_write_bytes(run_dir / "eval.json",
+                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    rows = [{"image": i, "greedy": " ".join(g), "beam": " ".join(b),
+             "references": [" ".join(r) for r in rs]}
+            for i, (g, b, rs) in enumerate(zip(greedy, beamed, refs, strict=True))]
+    atomic_write_bytes(run_dir / "captions.json", lambda f: f.write(
+        (json.dumps({"split": split, "checkpoint": f"{which}.pt", "captions": rows},
+                    indent=1) + "\n").encode()))
+    return result
+
+
+def format_result(run_dir: str | Path, res: dict[str, Any]) -> str:
+    """``wsram caption evaluate``'s report of :func:`evaluate_caption_run`'s result."""
+    lines = [f"{run_dir} ({res['checkpoint']}, update {res['step']}, {res['split']} "
+             f"split, {res['images']} images, no teacher forcing)",
+             f"  {'':<22}{'BLEU-1':>8}{'BLEU-2':>8}{'BLEU-3':>8}{'BLEU-4':>8}{'CIDEr':>8}"]
+    for name, key in (("greedy", "greedy"), (f"beam {res['beam_size']}", "beam")):
+        sc = res[key]
+        lines.append(f"  {name:<22}" + "".join(
+            f"{sc[k]:>8.3f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider")))
+    if "selected_on" in res:
+        lines.append(f"  note: best.pt was selected on {res['selected_on']}")
+    lines.append(f"  written to {Path(run_dir) / 'eval.json'} and "
+                 f"{Path(run_dir) / 'captions.json'}")
+    return "\n".join(lines)

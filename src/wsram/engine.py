@@ -1,0 +1,141 @@
+"""One training update, the same for every task and method: forward (K trajectories per
+example, the method's estimator, the exploration heuristics), backward, gradient average
+over processes, per-network clipping, the non-finite guard, and the Adam steps.
+
+The loop around it (``train.py``) samples batches, logs, evaluates and checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import TrainConfig
+from .distributed import Dist
+from .estimators import EstimatorOutput
+from .methods import Method
+from .rollout import Rollout, device_of
+
+#: a task's training metrics: (model, rollout, x, y, bf16) -> {"error": ..., ...}
+Metrics = Callable[[nn.Module, Rollout, Any, Tensor, bool], dict[str, Tensor]]
+
+
+def own_policy_rollout(model: nn.Module, rollout: Rollout, x: Any, y: Tensor,
+                       bf16: bool) -> Rollout:
+    """A rollout whose first trajectory is one of the prediction network's own untempered
+    policy: ``rollout`` itself when its samples came from that policy, else one fresh
+    trajectory per example (no gradient). Training errors are measured on it, never on the
+    label-aware proposal's samples."""
+    if rollout.sampled_from_prior:
+        return rollout
+    with torch.no_grad(), torch.autocast(device_of(x).type, torch.bfloat16, enabled=bf16):
+        return model.rollout(x, y, num_samples=1)
+
+
+def forward_step(model: nn.Module, method: Method, cfg: TrainConfig, x: Any, y: Tensor,
+                 rollout_fn: Any = None, metrics: Metrics | None = None,
+                 ) -> tuple[Tensor, EstimatorOutput, Rollout, dict[str, Tensor]]:
+    """One update's forward work: K trajectories per example, the method's estimator, the
+    exploration heuristics, and the task's training metrics. Returns (loss, estimator
+    output, rollout, metrics such as ``{"error": ...}``). ``rollout_fn`` (default
+    ``model.rollout``) runs the K trajectories, e.g. a compiled version of it; ``metrics``
+    is the task's ``train_metrics`` (default: none)."""
+    bf16 = cfg.precision == "bf16"
+    with torch.autocast(device_of(x).type, torch.bfloat16, enabled=bf16):
+        rollout = (rollout_fn or model.rollout)(x, y, cfg.samples, proposal=method.proposal,
+                                                temperature=cfg.temperature)
+    est = method.objective(rollout, cfg.cv_gamma)
+    loss = est.loss
+    if cfg.entropy:
+        loss = loss - cfg.entropy * rollout.entropy.mean()
+    if cfg.coverage:
+        loss = loss + cfg.coverage * sum(
+            d.coverage_penalty() for d in rollout.prior_dists) / len(rollout.prior_dists)
+    return loss, est, rollout, (metrics(model, rollout, x, y, bf16) if metrics else {})
+
+
+@dataclass
+class Update:
+    """What one call of :meth:`Engine.update` did."""
+
+    applied: bool  # False: a non-finite loss or gradient, the parameters left unchanged
+    stop_votes: float  # processes that asked to stop (signal or time limit) this update
+    values: dict[str, Tensor]  # per-update figures for the log, on the device
+
+
+class Engine:
+    """The optimisers and one update of ``model`` by ``method`` (METHOD.md M3-M12).
+
+    Each network (theta, eta, baseline) has its gradient clipped on its own, so that a
+    large step of the inference network or the baseline never shrinks the prediction
+    network's; the baseline has its own Adam and learning rate.
+    """
+
+    def __init__(self, model: nn.Module, method: Method, cfg: TrainConfig, ddp: Dist,
+                 metrics: Metrics | None = None):
+        self.model, self.method, self.cfg, self.ddp, self.metrics = model, method, cfg, ddp, metrics
+        self.opt = torch.optim.Adam([{"params": model.theta()}, {"params": model.eta()}],
+                                    lr=cfg.lr)
+        # A parameter group, not a list, so that a model without a baseline (cnn) gets one.
+        self.opt_b = torch.optim.Adam([{"params": model.baseline_params()}],
+                                      lr=cfg.baseline_lr)
+        self.groups = [g for g in (model.theta(), model.eta(), model.baseline_params()) if g]
+        self.params = [p for g in self.groups for p in g]
+        self.rollout_fn = CompiledOrEager(model.rollout) if cfg.compile else model.rollout
+
+    def update(self, x: Any, y: Tensor, want_stop: bool) -> Update:
+        """Forward, backward, sync (with the stop vote), clip, guard, step."""
+        cfg = self.cfg
+        loss, est, rollout, extra = forward_step(self.model, self.method, cfg, x, y,
+                                                 self.rollout_fn, self.metrics)
+        self.opt.zero_grad(set_to_none=True)
+        self.opt_b.zero_grad(set_to_none=True)
+        loss.backward()
+        stop_votes = self.ddp.sync(self.params, [float(want_stop)])[0]
+        norms = [torch.nn.utils.clip_grad_norm_(g, cfg.grad_clip or math.inf)
+                 for g in self.groups]
+        # Synced gradients give every rank the same verdict; the loss is per rank.
+        finite = bool(torch.isfinite(torch.stack(norms)).all())
+        if self.ddp.world == 1:
+            finite = finite and bool(torch.isfinite(loss))
+        if not finite:
+            return Update(False, stop_votes, {})
+        self.opt.step()
+        self.opt_b.step()
+        values = {"loss": loss, **extra, "ess": est.ess.mean(), "bound": est.bound.mean(),
+                  "entropy": rollout.entropy.mean(), "grad_norm": norms[0], **est.terms}
+        return Update(True, stop_votes, {k: v.detach() for k, v in values.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.opt.state_dict(),
+                "baseline_optimizer": self.opt_b.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.opt_b.load_state_dict(state["baseline_optimizer"])
+
+
+class CompiledOrEager:
+    """``torch.compile(fn)``, falling back to ``fn`` for good (with one line on stderr) if
+    compiling or running the compiled code fails."""
+
+    def __init__(self, fn: Any):
+        self.eager = fn
+        self.compiled: Any = torch.compile(fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+                self.compiled = None
+                print(f"wsram: torch.compile failed ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:120] if str(e) else ''}); running eagerly",
+                      file=sys.stderr)
+        return self.eager(*args, **kwargs)

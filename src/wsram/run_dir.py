@@ -1,0 +1,137 @@
+"""Run folders: what they hold, creating one safely, locking it, and reading its files."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import checkpoint
+from .config import TrainConfig, load_yaml, make_config
+from .errors import WsramError
+
+#: every file or folder a run may write (and ``--overwrite`` may delete)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "eval.json", "glimpses.png",
+             "encoder.pt", "captions.json", "show", "tb")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
+                    inputs: list[str] | None = None) -> None:
+    """Create the run folder, refusing to clobber a previous run (or, with ``overwrite``,
+    to delete a file this run reads: ``inputs``); fail early if unwritable."""
+    existing = [f for f in RUN_FILES if (run_dir / f).exists()] if run_dir.is_dir() else []
+    if overwrite and not resume:
+        doomed = [(run_dir / f).resolve() for f in existing]
+        for p in inputs or []:
+            src = Path(p).resolve()
+            if any(src == d or d in src.parents for d in doomed):
+                raise WsramError(f"{run_dir}: --overwrite would delete {p}, which this run "
+                                 "reads; copy it elsewhere first")
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise WsramError(f"{run_dir}: nothing to resume (no last.pt)")
+    elif existing and not overwrite:
+        raise WsramError(f"{run_dir}: already holds a run ({', '.join(existing)}); "
+                         "use --resume to continue it or --overwrite to replace it")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise WsramError(f"{run_dir}: cannot write to the run folder ({e.strerror})") from None
+
+
+def clean_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Holding the lock: sweep temporary files a killed process left (SIGKILL, power loss:
+    the file it was replacing is intact), and with ``overwrite`` delete the old run."""
+    for stale in run_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    if overwrite:
+        for f in RUN_FILES:
+            if (run_dir / f).is_dir():
+                shutil.rmtree(run_dir / f, ignore_errors=True)
+            else:
+                (run_dir / f).unlink(missing_ok=True)
+
+
+def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuse to continue a run with a config that would make it another run: only how
+    long, where and how verbosely it runs may change (TrainConfig.RESUMABLE_KEYS)."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise WsramError(f"{run_dir}: nothing to resume (no config.yaml)")
+    try:
+        saved = make_config(load_yaml(saved_path), type(cfg)).to_dict()
+    except WsramError as e:
+        raise WsramError(f"{run_dir}: cannot resume: its config.yaml is not a "
+                         f"{type(cfg).__name__} ({e})") from None
+    diff = [f"{k} {saved[k]!r} -> {v!r}" for k, v in cfg.to_dict().items()
+            if saved.get(k) != v and k not in cfg.RESUMABLE_KEYS]
+    if diff:
+        raise WsramError(f"{run_dir}: cannot resume with a different config ({'; '.join(diff)}"
+                         "); train into a new folder instead")
+
+
+def save_config(cfg: TrainConfig, run_dir: Path) -> None:
+    """``config.yaml``: the task's name, then every resolved config value."""
+    data = {"task": cfg.TASK, **cfg.to_dict()}
+    checkpoint.atomic_write_bytes(
+        run_dir / "config.yaml",
+        lambda f: f.write(yaml.safe_dump(data, sort_keys=False).encode()),
+    )
+
+
+class RunLock:
+    """An exclusive lock on a run folder, so two processes never train into one."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise WsramError(f"{self.path.parent}: in use by another wsram process") from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All lines of ``metrics.jsonl``; a torn last line (a crash mid-write) is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint being resumed, so no step appears twice."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            pass
+    checkpoint.atomic_write_bytes(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
