@@ -44,7 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
         "Train, evaluate and inspect stochastic hard-attention models (WS-RAM, VAR, VIMCO)."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    from .captioning.config import CaptionConfig
     from .classification.config import ClassificationConfig
 
     _add_train_parser(sub, "train a model into a run folder", ClassificationConfig)
@@ -85,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_options(c, ClassificationConfig)
 
+    _add_caption_parsers(sub)
+    return parser
+
+
+def _add_caption_parsers(sub: Any) -> None:
+    """``wsram caption train|evaluate|show|plot``."""
+    from .captioning.config import CaptionConfig
+
     cap = sub.add_parser("caption", help="image captioning with hard attention (train, "
                          "evaluate, show, plot)")
     csub = cap.add_subparsers(dest="caption_command", required=True, parser_class=_Parser)
@@ -114,7 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--max-step", type=int, help="plot updates up to this one")
     cp.add_argument("--title", help="figure title")
     cp.add_argument("--log-y", action="store_true", help="logarithmic y axis")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace, cls: type[TrainConfig]) -> Any:

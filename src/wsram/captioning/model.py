@@ -17,7 +17,7 @@ With a caption y = (y_1..y_T) and actions a = (a_1..a_T),
 are the quantities of METHOD.md M1..M12, so every method and estimator of the
 classifier applies unchanged, with the whole caption as the label.
 
-Parameter groups as in :mod:`wsram.models.ram`: theta (everything but), eta
+Parameter groups as in :mod:`wsram.classification.model`: theta (everything but), eta
 (``inference``), the VAR baseline (``baseline``, reading detached features and words).
 """
 

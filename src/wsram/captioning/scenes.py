@@ -13,8 +13,8 @@ so no digit image is shared between splits. Each split has its own private rando
 stream derived from ``(seed, split)``: it never touches the global RNG, and the val and
 test sets do not change when the number of train scenes does.
 
-Pixel coordinates as in :mod:`wsram.data.canvas`: a canvas of side H spans ``[0, H]``,
-positions are ``(x, y)`` = (column, row).
+Pixel coordinates as in :mod:`wsram.classification.data.canvas`: a canvas of side H
+spans ``[0, H]``, positions are ``(x, y)`` = (column, row).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The captioning task for the one training loop (wsram.train, wsram.task.Task).
+"""The captioning task for the one training loop (wsram.train; the Task protocol in wsram.tasks).
 
 Data are the embedded digit scenes (:mod:`.scenes`) or a Karpathy split file with its
 images (:mod:`.karpathy`). The encoder is fixed, so every split's features are computed
