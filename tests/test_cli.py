@@ -49,6 +49,11 @@ def test_train_evaluate_show_end_to_end(tmp_path: Path) -> None:
     for key in ("test_error_sampled", "test_error_mc", "test_error_deterministic"):
         assert 0 <= res[key] <= 1
     assert res["test_images"] == 30
+    # evaluations during training read the validation canvases, never the test set
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    assert evals and all(k.startswith("eval/val_") for r in evals for k in r if k != "step")
+    out = wsram("evaluate", str(run), "--checkpoint", "best").stdout
+    assert "selected on the first 20 validation canvases" in out and "optimistic" not in out
     wsram("show", str(run), "--num", "4")
     png = (run / "glimpses.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -63,7 +68,7 @@ def test_every_method_trains(cli, tmp_path: Path, method: str) -> None:
                          "--entropy", "0.01", "--precision", precision, *TINY)
     assert code == 0, err
     last = json.loads(out.strip().splitlines()[-1])
-    assert last["step"] == 6 and 0 <= last["eval/test_error_mc"] <= 1
+    assert last["step"] == 6 and 0 <= last["eval/val_error_mc"] <= 1
 
 
 def test_resume_continues_exactly(cli, tmp_path: Path) -> None:

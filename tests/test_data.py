@@ -396,3 +396,20 @@ def test_make_test_set_deterministic_and_chunk_free(monkeypatch):
     assert not torch.equal(make_test_set(ds, spec, seed=1)[0], x)
     with pytest.raises(ConfigError):
         make_test_set(ds, spec, num=31)
+
+
+def test_validation_digits_are_a_stated_part_of_the_training_digits() -> None:
+    from wsram.classification.data.digits import holdout
+
+    full = load_digits("train")
+    train = load_digits("train", holdout_every=10)
+    val = load_digits("val", holdout_every=10)
+    assert len(train) + len(val) == len(full) == 4000 and len(val) == 400
+    assert torch.equal(val.images, full.images[9::10])  # indices 9, 19, 29, ...
+    seen = {bytes(im.numpy().tobytes()) for im in train.images}
+    assert not seen & {bytes(im.numpy().tobytes()) for im in val.images}
+    tests = {bytes(im.numpy().tobytes()) for im in load_digits("test", holdout_every=10).images}
+    assert not tests & seen
+    assert holdout(full, 0)[0] is full and len(holdout(full, 0)[1]) == 0
+    with pytest.raises(ConfigError, match="holdout_every"):
+        load_digits("val")

@@ -40,7 +40,7 @@ def emulate(world: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(rank_seed(cfg.seed, r, 3))
         streams.append(torch.get_rng_state())
     spec = CanvasSpec(cfg.canvas_size, cfg.digit_min, cfg.digit_max)
-    digits = load_digits("train")
+    digits = load_digits("train", holdout_every=cfg.holdout_every)  # validation digits held out
     gens = [CanvasGenerator(digits, spec, seed=rank_seed(cfg.seed, r, 1)) for r in range(world)]
     opt = torch.optim.Adam([{"params": model.theta()}, {"params": model.eta()}], lr=cfg.lr)
     opt_b = torch.optim.Adam(model.baseline_params(), lr=cfg.baseline_lr)

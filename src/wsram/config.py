@@ -39,8 +39,8 @@ class TrainConfig:
     coverage: float = 0.0  # weight of the location-coverage regulariser
     entropy: float = 0.0  # weight of the entropy bonus on the policy
     # --- evaluation, logging, checkpoints ---
-    eval_every: int = 1000  # updates between test evaluations (0 = only at the end)
-    eval_size: int = 500  # test canvases used by evaluations during training
+    eval_every: int = 1000  # updates between validation evaluations (0 = only at the end)
+    eval_size: int = 500  # validation examples used by evaluations during training
     log_every: int = 50  # updates between lines of metrics.jsonl
     diag_every: int = 500  # updates between diagnostics (gradient variance, ...); 0 = never
     diag_batch: int = 64  # images in the fixed minibatch the diagnostics use
@@ -62,6 +62,9 @@ class TrainConfig:
     )
     # Fields that shape the model's parameters: a checkpoint must agree on all of them.
     MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = ()
+    # Fields added after runs were first saved, with the value that reproduces what such a
+    # run did: a saved config.yaml without one of them reads as this value, not the default.
+    LEGACY_VALUES: typing.ClassVar[dict[str, Any]] = {}
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError naming the first value out of range; return self."""
@@ -239,6 +242,13 @@ def make_config(base: dict[str, Any] | None = None, config_class: ConfigClass | 
                 continue
             values[str(k).replace("-", "_")] = coerce(str(k).replace("-", "_"), v, cls)
     return cls(**values).validate()
+
+
+def saved_config(raw: dict[str, Any], config_class: ConfigClass) -> Any:
+    """The config of a run folder's ``config.yaml`` mapping: fields added since it was
+    written take their legacy value (``LEGACY_VALUES``), so an old run stays itself."""
+    legacy = {k: v for k, v in config_class.LEGACY_VALUES.items() if k not in raw}
+    return make_config({**raw, **legacy}, config_class)
 
 
 def replace(cfg: TrainConfig, **changes: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from . import checkpoint
-from .config import TrainConfig, load_yaml, make_config
+from .config import TrainConfig, load_yaml, saved_config
 from .errors import WsramError
 
 #: every file or folder a run may write (and ``--overwrite`` may delete)
@@ -67,7 +67,7 @@ def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
     if not saved_path.is_file():
         raise WsramError(f"{run_dir}: nothing to resume (no config.yaml)")
     try:
-        saved = make_config(load_yaml(saved_path), type(cfg)).to_dict()
+        saved = saved_config(load_yaml(saved_path), type(cfg)).to_dict()
     except WsramError as e:
         raise WsramError(f"{run_dir}: cannot resume: its config.yaml is not a "
                          f"{type(cfg).__name__} ({e})") from None

@@ -19,7 +19,7 @@ from .captioning.config import CaptionConfig
 from .captioning.task import CaptionTask
 from .classification.config import ClassificationConfig
 from .classification.task import ClassificationTask
-from .config import TrainConfig, load_yaml, make_config
+from .config import TrainConfig, load_yaml, saved_config
 from .errors import ConfigError, WsramError
 from .methods import Method
 from .rollout import Rollout
@@ -111,7 +111,8 @@ def read_run_config(run_dir: str | Path, task: str | None = None,
     if task is not None and spec.name != task:
         raise WsramError(f"{run_dir}: a {spec.noun} run, not a {TASKS[task].noun} run; "
                          + advice.format(command=spec.command))
-    return spec, raw
+    legacy = {k: v for k, v in spec.config_class.LEGACY_VALUES.items() if k not in raw}
+    return spec, {**raw, **legacy}
 
 
 class LoadedRun(NamedTuple):
@@ -127,7 +128,7 @@ def load_run(run_dir: str | Path, which: str = "last", task: str | None = None,
     (``which``: last or best); with ``task``, refuse a run of another task."""
     run_dir = Path(run_dir)
     spec, raw = read_run_config(run_dir, task)
-    cfg = make_config(raw, spec.config_class)
+    cfg = saved_config(raw, spec.config_class)
     path = run_dir / f"{which}.pt"
     state = checkpoint.load(path)
     checkpoint.check_model_config(path, state.get("config", {}), cfg.model_dict())

@@ -20,6 +20,7 @@ class ClassificationConfig(TrainConfig):
     digit_min: float = 24.0  # smallest digit side on the canvas, pixels
     digit_max: float = 56.0  # largest digit side on the canvas, pixels
     test_size: int | None = None  # test canvases (one per test digit, in order); None = all
+    holdout_every: int = 10  # every Nth training digit is the validation set (picks best.pt)
     # --- model (METHOD.md, Architecture) ---
     glimpses: int = 4  # N, glimpses per image
     patch: int = 12  # G, side of a glimpse in pixels after resampling
@@ -31,6 +32,8 @@ class ClassificationConfig(TrainConfig):
     eval_samples: int = 10  # M, trajectories averaged by the Monte-Carlo test error
 
     TASK: typing.ClassVar[str] = "classification"
+    # Runs saved before the validation split chose best.pt on test canvases.
+    LEGACY_VALUES: typing.ClassVar[dict[str, Any]] = {"holdout_every": 0}
     MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "glimpses", "patch", "scales", "hidden", "context_size", "num_classes", "canvas_size",
     )
@@ -46,6 +49,9 @@ class ClassificationConfig(TrainConfig):
         need(self.digit_max <= self.canvas_size,
              f"digit_max: a digit of {self.digit_max} px does not fit a "
              f"{self.canvas_size} px canvas")
+        need(self.holdout_every == 0 or self.holdout_every >= 2,
+             f"holdout_every: must be >= 2 (or 0: no validation set, best.pt chosen on test "
+             f"canvases), got {self.holdout_every}")
         need(self.test_size is None or self.test_size >= 1,
              f"test_size: must be >= 1, got {self.test_size}")
         need(self.glimpses >= 1, f"glimpses: must be >= 1, got {self.glimpses}")

@@ -61,9 +61,12 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
         "checkpoint": f"{which}.pt",
     }
     if which == "best":
-        # best.pt was picked by the periodic evaluations, which use the first eval_size
-        # test canvases: its test error on a set holding them is optimistic.
-        result["selected_on"] = f"the first {cfg.eval_size} test canvases"
+        # best.pt was picked by the periodic evaluations: on the validation set, or, for
+        # runs saved before it existed, on the first eval_size test canvases (then its
+        # test error on a set holding them is optimistic).
+        result["selected_on"] = (f"the first {cfg.eval_size} validation canvases"
+                                 if cfg.holdout_every else
+                                 f"the first {cfg.eval_size} test canvases")
     atomic_write_bytes(Path(run_dir) / "eval.json",
                        lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     return result
@@ -79,7 +82,7 @@ def format_result(run_dir: str | Path, res: dict) -> str:
              f"  test error, deterministic policy:          "
              f"{res['test_error_deterministic']:.2%}"]
     if "selected_on" in res:
-        lines.append(f"  note: best.pt was selected on {res['selected_on']}, so these errors "
-                     "are optimistic")
+        optimistic = ", so these errors are optimistic" if "test" in res["selected_on"] else ""
+        lines.append(f"  note: best.pt was selected on {res['selected_on']}{optimistic}")
     lines.append(f"  written to {Path(run_dir) / 'eval.json'}")
     return "\n".join(lines)

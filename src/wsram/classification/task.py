@@ -32,13 +32,21 @@ def build_model(cfg: ClassificationConfig) -> AttentionModel | ConvClassifier:
     )
 
 
-def test_set(cfg: ClassificationConfig, size: int | None = None) -> tuple[Tensor, Tensor]:
-    """The fixed test canvases of this config: (N, 1, H, W), (N,)."""
-    digits = load_digits("test", cfg.data_dir)
-    n = size if size is not None else cfg.test_size
+def test_set(cfg: ClassificationConfig, size: int | None = None, split: str = "test",
+             ) -> tuple[Tensor, Tensor]:
+    """The fixed canvases of a held-out split, ``test`` (read only by ``wsram evaluate``
+    and ``compare``'s final table) or ``val`` (picks best.pt): (N, 1, H, W), (N,)."""
+    digits = load_digits(split, cfg.data_dir, cfg.holdout_every)
+    n = size if size is not None else (cfg.test_size if split == "test" else None)
     if n is not None:
         n = min(n, len(digits))
     return make_test_set(digits, canvas_spec(cfg), n)
+
+
+def eval_split(cfg: ClassificationConfig) -> str:
+    """Where evaluations during training look: the validation set, or for runs saved
+    before it existed (``holdout_every`` 0), the first test canvases."""
+    return "val" if cfg.holdout_every else "test"
 
 
 def canvas_spec(cfg: ClassificationConfig) -> CanvasSpec:
@@ -86,21 +94,23 @@ def policy_diagnostics(model: nn.Module, x: Tensor, y: Tensor, samples: int,
 
 
 class ClassificationTask:
-    """Digits on a canvas: training canvases drawn on the fly from a seeded stream, a fixed
-    set of test canvases, the three test errors (``evaluate.py``)."""
+    """Digits on a canvas: training canvases drawn on the fly from a seeded stream, fixed
+    validation canvases (every ``holdout_every``-th training digit) for the evaluations
+    during training and best.pt, and the three errors (``evaluate.py``)."""
 
-    select_key = "test_error_mc"
     select_higher = False
 
     def __init__(self, cfg: ClassificationConfig, progress: bool = True):
         self.cfg = cfg
         self.spec = canvas_spec(cfg)
         self._train_digits: DigitSet | None = None
+        self.split = eval_split(cfg)
+        self.select_key = f"{self.split}_error_mc"
 
     @property
     def train_digits(self) -> DigitSet:
         if self._train_digits is None:
-            self._train_digits = load_digits("train", self.cfg.data_dir)
+            self._train_digits = load_digits("train", self.cfg.data_dir, self.cfg.holdout_every)
         return self._train_digits
 
     def prepare(self, run_dir: Path, device: torch.device, main: bool, resume: bool) -> None:
@@ -116,13 +126,14 @@ class ClassificationTask:
         return CanvasGenerator(self.train_digits, self.spec, device=device, seed=seed)
 
     def prepare_eval(self, device: torch.device) -> None:
-        self.x_eval, self.y_eval = test_set(self.cfg, self.cfg.eval_size)
+        self.x_eval, self.y_eval = test_set(self.cfg, self.cfg.eval_size, self.split)
         self.x_diag, self.y_diag = diag_batch(self.cfg, self.train_digits, device)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         from .evaluate import test_errors
 
-        return test_errors(model, self.x_eval, self.y_eval, samples=self.cfg.eval_samples)
+        errs = test_errors(model, self.x_eval, self.y_eval, samples=self.cfg.eval_samples)
+        return {k.replace("test_", f"{self.split}_", 1): v for k, v in errs.items()}
 
     def diagnose(self, model: nn.Module, method: Method, step: int) -> dict[str, float]:
         cfg = self.cfg

@@ -59,6 +59,19 @@ class DigitSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def subset(self, index: Tensor) -> DigitSet:
+        return DigitSet(self.images[index], self.labels[index])
+
+
+def holdout(digits: DigitSet, every: int) -> tuple[DigitSet, DigitSet]:
+    """Split a training set into (training, validation): every ``every``-th digit (indices
+    every-1, 2*every-1, ...) is held out for validation; ``every`` 0 holds out none."""
+    if every == 0:
+        return digits, DigitSet(digits.images[:0], digits.labels[:0])
+    held = torch.zeros(len(digits), dtype=torch.bool)
+    held[every - 1::every] = True
+    return digits.subset(~held), digits.subset(held)
+
 
 # --------------------------------------------------------------------------------------
 # IDX files
@@ -251,8 +264,14 @@ def load_bundled_digits(split: str) -> DigitSet:
                     labels=torch.from_numpy(labels[idx]))
 
 
-def load_digits(split: str, data_dir: str | Path | None = None) -> DigitSet:
-    """Digits of one split: the bundled ones when ``data_dir`` is None, else IDX files."""
-    if data_dir is None:
-        return load_bundled_digits(split)
-    return load_idx_digits(data_dir, split)
+def load_digits(split: str, data_dir: str | Path | None = None, holdout_every: int = 0,
+                ) -> DigitSet:
+    """Digits of one split, the bundled ones when ``data_dir`` is None, else IDX files:
+    ``train`` or ``test``, or with ``holdout_every`` N > 0 also ``val``, every N-th training
+    digit, which ``train`` then leaves out (:func:`holdout`)."""
+    if split == "val" and not holdout_every:
+        raise ConfigError("the validation split needs holdout_every > 0")
+    if split == "test" or not holdout_every:
+        return load_bundled_digits(split) if data_dir is None else load_idx_digits(data_dir, split)
+    train, val = holdout(load_digits("train", data_dir), holdout_every)
+    return val if split == "val" else train
