@@ -120,9 +120,11 @@ def test_cnn_trains_evaluates_and_diagnoses(runs: dict[str, Path]) -> None:
 
 
 def test_compare_leaves_the_cnn_out() -> None:
-    from wsram.classification.compare import default_variants
+    from wsram.classification.compare import default_plan
+    from wsram.config import make_config
 
-    assert "cnn" not in {v.method for v in default_variants()}
+    plan = default_plan(make_config())
+    assert "cnn" not in {r.method for r in plan.grid_runs() + plan.chosen_runs({}, 1e-3)}
 
 
 # --- the command line ---------------------------------------------------------------------

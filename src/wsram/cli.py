@@ -72,11 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default="cpu", help="device for the timing (default cpu)")
     k.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = default")
     k.add_argument("--seconds", type=float, default=2.0, help="timing per run (default 2)")
-    c = sub.add_parser("compare", help="train the paper's variants alike; tables and figures")
+    c = sub.add_parser("compare", help="train the paper's variants alike over seeds and "
+                       "learning rates; tables and figures with intervals")
     c.set_defaults(func=cmd_compare)
     c.add_argument("--out", help="folder for the runs, results.md/json and figures")
-    c.add_argument("--config", help="YAML file of config keys shared by every variant")
-    c.add_argument("--jobs", type=int, default=1, help="variants trained in parallel processes")
+    c.add_argument("--config", help="YAML file of config keys shared by every run")
+    c.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="seeds of every run (default: the config's seed)")
+    c.add_argument("--lrs", type=float, nargs="+", metavar="LR",
+                   help="learning rates of the grid methods (default: the config's lr)")
+    c.add_argument("--methods", nargs="+", metavar="M",
+                   help="grid methods, trained at every rate (default: every attention method)")
+    c.add_argument("--at-chosen-rate", nargs="+", metavar="M", default=[],
+                   help="methods trained only at the rate chosen for their family: var at "
+                   "var+c's, wsram at wsram+c's, wsram+q at wsram+q+c's, vimco at var+c's")
+    c.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
     c.add_argument("--no-explore", action="store_true",
                    help="skip the exploration-heuristics study (paper Figure 4)")
     c.add_argument("--plot-only", metavar="DIR",
@@ -190,8 +200,10 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .classification.compare import compare, default_variants, write_results
+    from .classification.compare import compare, default_plan
     from .classification.config import ClassificationConfig
+    from .classification.results import write_results
+    from .methods import METHODS
 
     if args.plot_only:
         if not Path(args.plot_only).is_dir():
@@ -204,9 +216,16 @@ def cmd_compare(args: argparse.Namespace) -> None:
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise WsramError(f"{args.out}: exists and is not a folder")
         positive("jobs", args.jobs)
-        compare(config_from_args(args, ClassificationConfig), args.out,
-                default_variants(explore=not args.no_explore), jobs=args.jobs,
-                progress=not args.no_progress)
+        for m in [*(args.methods or []), *args.at_chosen_rate]:
+            if m not in METHODS or not METHODS[m].attends:
+                raise WsramError(f"compare: unknown attention method {m!r}; choose from "
+                                 + ", ".join(n for n in METHODS if METHODS[n].attends))
+        if args.lrs and min(args.lrs) <= 0:
+            raise WsramError("--lrs: learning rates must be > 0")
+        base = config_from_args(args, ClassificationConfig)
+        plan = default_plan(base, args.seeds, args.lrs, args.methods, args.at_chosen_rate,
+                            explore=not args.no_explore)
+        compare(base, args.out, plan, jobs=args.jobs, progress=not args.no_progress)
         out = Path(args.out)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, {out / 'results.json'} and figures in {out}")

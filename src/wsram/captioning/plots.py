@@ -14,8 +14,7 @@ import torch  # noqa: E402
 
 from ..checkpoint import atomic_write_bytes, writable_output  # noqa: E402
 from ..errors import WsramError  # noqa: E402
-from ..methods import METHODS  # noqa: E402
-from ..run_dir import read_metrics  # noqa: E402
+from ..figures import band, curve, method_style  # noqa: E402
 from .evaluate import SPLITS  # noqa: E402
 
 
@@ -83,22 +82,22 @@ def _imshow(ax: Any, img: torch.Tensor) -> None:
 def plot_curves(run_dirs: list[str | Path], out: str | Path, key: str = "train/nll",
                 max_step: int | None = None, title: str | None = None,
                 log_y: bool = False) -> Path:
-    """One line per run of ``key`` from its metrics.jsonl against updates (e.g. the
-    training negative log-likelihood of WS-RAM and VAR, paper Figure 6)."""
+    """``key`` from metrics.jsonl against updates, one line per method (e.g. the training
+    negative log-likelihood of WS-RAM and VAR, paper Figure 6): runs of one method (seeds)
+    are drawn as their mean with a 95% band."""
     out = writable_output(out, (".png",))
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for run in run_dirs:
-        run = Path(run)
+    groups: dict[str, list[Path]] = {}
+    for run in map(Path, run_dirs):
         if not (run / "metrics.jsonl").is_file():
             raise WsramError(f"{run}: not a run folder (no metrics.jsonl)")
-        rows = [r for r in read_metrics(run) if key in r
-                and (max_step is None or r["step"] <= max_step)]
-        if not rows:
+        if not curve(run, key, max_step=max_step):
             raise WsramError(f"{run}: no {key!r} in metrics.jsonl")
-        method = _method(run)
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows],
-                label=f"{method} ({run.name})" if method != run.name else method,
-                color=METHODS[method].colour if method in METHODS else None)
+        groups.setdefault(_method(run), []).append(run)
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    for method, runs in groups.items():
+        label = method if len(runs) > 1 or method == runs[0].name else f"{method} ({runs[0].name})"
+        if not band(ax, runs, key, label, max_step=max_step, **method_style(method)):
+            raise WsramError(f"{method}: its runs logged {key!r} at no common update")
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("updates")

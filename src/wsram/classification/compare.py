@@ -1,5 +1,14 @@
-"""`wsram compare`: train the paper's variants on equal terms and tabulate and plot them
-(paper Figures 2, 3 and 4)."""
+"""`wsram compare`: train the paper's variants on equal terms, over seeds and learning
+rates, choose each method's rate by a stated rule on training data, and tabulate and plot
+the results with intervals (paper Figures 2, 3 and 4; ``results.py``).
+
+A study is a set of runs, one folder each, ``OUT/<variant>/lr<lr>-seed<seed>``:
+1. the grid: every grid method at every learning rate and seed;
+2. at the chosen rates (``results.choose_rates``, the paper's rule): the methods of a family
+   (``FAMILY``) and the exploration-heuristics variants, at every seed;
+3. every run evaluated on the test set (``eval.json``); tables and figures from the files.
+Every run resumes if a study is interrupted or extended (more seeds, rates or updates).
+"""
 
 from __future__ import annotations
 
@@ -14,33 +23,129 @@ from typing import Any
 import yaml
 
 from ..checkpoint import atomic_write_bytes
-from ..config import load_yaml, replace
+from ..config import replace
 from ..errors import WsramError
 from ..methods import METHODS
-from ..run_dir import check_resume, read_metrics
+from ..run_dir import check_resume
 from ..train import train
 from .config import ClassificationConfig
 from .evaluate import evaluate_run
 
 # The exploration heuristics of METHOD.md 4.5, all three on, for the Figure 4 study.
 EXPLORE = {"temperature": 1.5, "coverage": 0.1, "entropy": 0.01}
-ERROR_LEVELS = (0.5, 0.3, 0.2, 0.15, 0.1)
+# Methods trained only at the rate chosen for the head of their family: the variant without
+# control variates takes its "+c" sibling's rate; VIMCO, a score-function estimator with
+# (leave-one-out) baselines, takes VAR+c's.
+FAMILY = {"var": "var+c", "wsram": "wsram+c", "wsram+q": "wsram+q+c", "vimco": "var+c"}
+EXPLORED = ("var+c", "wsram+q+c")  # the Figure 4 study: these with the heuristics on
+STUDY_FILE = "study.json"
 
 
 @dataclass(frozen=True)
-class Variant:
-    name: str  # run folder name and legend
-    method: str
-    overrides: dict[str, Any] = field(default_factory=dict)
+class Run:
+    """One run of a study: a variant (a method, with "+explore" when the heuristics are
+    on), its learning rate and seed."""
+
+    variant: str
+    lr: float
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def method(self) -> str:
+        return self.variant.removesuffix("+explore")
+
+    @property
+    def folder(self) -> str:
+        return f"{self.variant}/lr{self.lr:g}-seed{self.seed}"
+
+    def config(self, base: ClassificationConfig) -> ClassificationConfig:
+        return replace(base, method=self.method, lr=self.lr, seed=self.seed, **self.overrides)
 
 
-def default_variants(explore: bool = True) -> list[Variant]:
-    """The six variants of paper Figure 3, VIMCO, and the Figure 4 heuristics study."""
-    out = [Variant(m, m) for m in METHODS if METHODS[m].attends]
-    if explore:
-        out += [Variant("var+c+explore", "var+c", EXPLORE),
-                Variant("wsram+q+c+explore", "wsram+q+c", EXPLORE)]
-    return out
+@dataclass
+class Plan:
+    """What a study trains: ``grid`` methods at every rate in ``lrs``; ``chosen`` methods
+    at their family's chosen rate; the explore variants (if ``explore``) at theirs."""
+
+    grid: list[str]
+    lrs: list[float]
+    seeds: list[int]
+    chosen: list[str] = field(default_factory=list)
+    explore: bool = True
+
+    def grid_runs(self) -> list[Run]:
+        return [Run(m, lr, s) for m in self.grid for lr in self.lrs for s in self.seeds]
+
+    def chosen_runs(self, rates: dict[str, float], default_lr: float) -> list[Run]:
+        runs = [Run(m, rates.get(FAMILY.get(m, m), default_lr), s)
+                for m in self.chosen for s in self.seeds]
+        if self.explore:
+            runs += [Run(f"{m}+explore", rates.get(m, default_lr), s, EXPLORE)
+                     for m in EXPLORED for s in self.seeds]
+        return runs
+
+
+def default_plan(base: ClassificationConfig, seeds: list[int] | None = None,
+                 lrs: list[float] | None = None, methods: list[str] | None = None,
+                 chosen: list[str] | None = None, explore: bool = True) -> Plan:
+    """Without seeds or rates: every attention method once, at the config's seed and rate,
+    as the paper's figures compare them."""
+    attending = [m for m in METHODS if METHODS[m].attends]
+    grid = methods or attending
+    return Plan(grid=grid, lrs=lrs or [base.lr], seeds=seeds if seeds is not None else [base.seed],
+                chosen=[m for m in (chosen or []) if m not in grid], explore=explore)
+
+
+def compare(base: ClassificationConfig, out_dir: str | Path, plan: Plan, jobs: int = 1,
+            progress: bool = True) -> dict[str, Any]:
+    """Train the study's runs into ``out_dir`` (resumable), evaluate them, write results."""
+    from .results import choose_rates, discover_runs, write_results
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_study(base, out_dir)
+    train_runs(base, out_dir, plan.grid_runs(), jobs, progress)
+    rates = {m: c["lr"] for m, c in choose_rates(discover_runs(out_dir)).items()}
+    train_runs(base, out_dir, plan.chosen_runs(rates, base.lr), jobs, progress)
+    for run_dir in sorted(r.dir for r in discover_runs(out_dir)):
+        _evaluate_if_stale(run_dir)
+    shared = variance_at_shared_parameters(out_dir, rates)
+    atomic_write_bytes(out_dir / "variance_at_shared.json",
+                       lambda f: f.write((json.dumps(shared, indent=2) + "\n").encode()))
+    return write_results(out_dir)
+
+
+def check_study(base: ClassificationConfig, out_dir: Path) -> None:
+    """Record the study's shared config in ``study.json``, or refuse one that differs from
+    the recorded one (learning rate and seed are the study's axes and may differ; so may
+    how long and where it runs)."""
+    mine = {k: v for k, v in base.to_dict().items()
+            if k not in ("method", "lr", "seed", *base.RESUMABLE_KEYS)}
+    path = out_dir / STUDY_FILE
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())["config"]
+        except (ValueError, KeyError, TypeError):
+            raise WsramError(f"{path}: not a study file written by wsram compare") from None
+        diff = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in mine.items() if saved.get(k) != v]
+        if diff:
+            raise WsramError(f"{out_dir}: cannot resume with a different config "
+                             f"({'; '.join(diff)}); compare into a new folder instead")
+    atomic_write_bytes(path, lambda f: f.write(
+        (json.dumps({"config": mine}, indent=2) + "\n").encode()))
+
+
+def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs: int,
+               progress: bool) -> None:
+    """Train (or resume) each run, ``jobs`` at a time in separate processes."""
+    cfgs = {r.folder: r.config(base) for r in runs}
+    if jobs <= 1:
+        for name, cfg in cfgs.items():
+            print(f"== {name}", file=sys.stderr, flush=True)
+            train(cfg, out_dir / name, resume=_resumable(cfg, out_dir / name), progress=progress)
+    else:
+        _run_parallel(cfgs, out_dir, jobs)
 
 
 def _resumable(cfg: ClassificationConfig, run_dir: Path) -> bool:
@@ -52,55 +157,44 @@ def _resumable(cfg: ClassificationConfig, run_dir: Path) -> bool:
     return True
 
 
-def _run_one(cfg: ClassificationConfig, run_dir: Path, progress: bool) -> None:
-    """Train one variant, resuming it if an earlier compare was interrupted."""
-    train(cfg, run_dir, resume=_resumable(cfg, run_dir), progress=progress)
+def _evaluate_if_stale(run_dir: Path) -> None:
+    """Test errors of the run's last.pt, unless eval.json already holds them."""
+    from ..checkpoint import load
+
+    try:
+        ev = json.loads((run_dir / "eval.json").read_text())
+        if ev.get("checkpoint") == "last.pt" and ev.get("step") == int(
+                load(run_dir / "last.pt")["step"]):
+            return
+    except (OSError, ValueError, KeyError):
+        pass
+    evaluate_run(run_dir)
 
 
-def compare(base: ClassificationConfig, out_dir: str | Path, variants: list[Variant] | None = None,
-            jobs: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Train every variant into ``out_dir/<name>`` (resumable), evaluate, write results."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    variants = variants or default_variants()
-    cfgs = {v.name: replace(base, method=v.method, **v.overrides) for v in variants}
-    if jobs <= 1:
-        for v in variants:
-            print(f"== {v.name}", file=sys.stderr, flush=True)
-            _run_one(cfgs[v.name], out_dir / v.name, progress)
-    else:
-        _run_parallel(cfgs, out_dir, jobs)
-    for v in variants:
-        evaluate_run(out_dir / v.name)
-    meta = {"variants": [{"name": v.name, "method": v.method, "overrides": v.overrides}
-                         for v in variants]}
-    atomic_write_bytes(out_dir / "variants.json", lambda f: f.write(json.dumps(meta).encode()))
-    shared = variance_at_shared_parameters(out_dir, [v.name for v in variants])
-    atomic_write_bytes(out_dir / "variance_at_shared.json",
-                       lambda f: f.write((json.dumps(shared, indent=2) + "\n").encode()))
-    return write_results(out_dir)
-
-
-SHARED_SOURCES = ("var+c", "wsram+q+c")  # runs whose final parameters every estimator is tried at
-
-
-def variance_at_shared_parameters(out_dir: Path, names: list[str],
+def variance_at_shared_parameters(out_dir: Path, rates: dict[str, float],
                                   repeats: int = 20) -> list[dict[str, Any]]:
     """Gradient variance of every method's estimator at the same parameters and minibatch.
 
     Curves against updates compare models in different states (a policy that has
     collapsed has little variance left); this compares the estimators themselves, at the
-    final parameters of each run in SHARED_SOURCES, on the diagnostics' fixed minibatch.
+    final parameters of the first seed's run of each of var+c and wsram+q+c at their
+    chosen rates, on the diagnostics' fixed minibatch.
     """
     import torch
 
     from ..diagnostics import gradient_estimates, variance_stats
     from ..tasks import load_run
+    from .results import discover_runs
     from .task import diag_batch
 
+    runs = discover_runs(out_dir)
     out = []
-    for source in (s for s in SHARED_SOURCES if s in names):
-        cfg, task, model, state = load_run(out_dir / source, task="classification")
+    for source in EXPLORED:
+        found = sorted((r for r in runs if r.variant == source and r.lr == rates.get(source)),
+                       key=lambda r: r.seed)
+        if not found:
+            continue
+        cfg, task, model, state = load_run(found[0].dir, task="classification")
         x, y = diag_batch(cfg, task.train_digits)
         table = {}
         for name, method in METHODS.items():
@@ -110,8 +204,9 @@ def variance_at_shared_parameters(out_dir: Path, names: list[str],
                 torch.manual_seed(cfg.seed)
                 g = gradient_estimates(model, method, x, y, cfg.samples, repeats)
             table[name] = variance_stats(g)
-        out.append({"parameters_of": source, "step": int(state["step"]), "repeats": repeats,
-                    "batch": cfg.diag_batch, "samples": cfg.samples, "variance": table})
+        out.append({"parameters_of": source, "run": found[0].folder, "step": int(state["step"]),
+                    "repeats": repeats, "batch": cfg.diag_batch, "samples": cfg.samples,
+                    "variance": table})
     return out
 
 
@@ -126,174 +221,31 @@ def _run_parallel(cfgs: dict[str, ClassificationConfig], out_dir: Path, jobs: in
             name, cfg = pending.pop(0)
             run_dir = out_dir / name
             run_dir.mkdir(parents=True, exist_ok=True)
-            cfg_file = out_dir / f".{name}.yaml"
+            cfg_file = run_dir.parent / f".{run_dir.name}.yaml"
             cfg_file.write_text(yaml.safe_dump(
                 replace(cfg, threads=cfg.threads or threads).to_dict(), sort_keys=False))
             cmd = [sys.executable, "-m", "wsram", "train", "--run-dir", str(run_dir),
                    "--config", str(cfg_file), "--no-progress"]
             if _resumable(cfg, run_dir):
                 cmd.append("--resume")
-            log = open(out_dir / f"{name}.log", "a")
+            log_path = run_dir.parent / f"{run_dir.name}.log"
+            log = open(log_path, "a")
             running.append((name, subprocess.Popen(cmd, stdout=log, stderr=log)))
-            print(f"== {name} started (log: {out_dir / (name + '.log')})", file=sys.stderr)
-        name, proc = running[0]
-        proc.wait()
-        running.pop(0)
+            print(f"== {name} started (log: {log_path})", file=sys.stderr)
+        name, proc = _wait_any(running)
         if proc.returncode != 0:
             failed.append(name)
     if failed:
-        raise WsramError(f"variants failed: {', '.join(failed)} (see their .log files in "
+        raise WsramError(f"runs failed: {', '.join(failed)} (see their .log files in "
                          f"{out_dir})")
 
 
-def _smoothed_error(rows: list[dict[str, Any]], window: int = 5) -> list[tuple[int, float]]:
-    pts = [(r["step"], r["train/error"]) for r in rows if "train/error" in r]
-    out = []
-    for i in range(len(pts)):
-        chunk = [e for _, e in pts[max(0, i - window + 1):i + 1]]
-        out.append((pts[i][0], sum(chunk) / len(chunk)))
-    return out
+def _wait_any(running: list[tuple[str, subprocess.Popen]]) -> tuple[str, subprocess.Popen]:
+    """Wait until one of the running processes ends; remove and return it."""
+    import time
 
-
-def updates_to_reach(rows: list[dict[str, Any]], level: float) -> int | None:
-    """First update at which the smoothed training error is at or below ``level``."""
-    return next((s for s, e in _smoothed_error(rows) if e <= level), None)
-
-
-def _tail_mean(rows: list[dict[str, Any]], key: str, n: int = 3) -> float | None:
-    vals = [r[key] for r in rows if key in r][-n:]
-    return sum(vals) / len(vals) if vals else None
-
-
-def summarise(run_dir: Path) -> dict[str, Any]:
-    rows = read_metrics(run_dir)
-    train_rows = [r for r in rows if "train/error" in r]
-    diag_rows = [r for r in rows if "diag/grad_var" in r]
-    ev = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() \
-        else {}
-    smooth = _smoothed_error(rows)
-    out: dict[str, Any] = {
-        "updates": train_rows[-1]["step"] if train_rows else 0,
-        "train_time_s": train_rows[-1]["time"] if train_rows else None,
-        "final_train_error": smooth[-1][1] if smooth else None,
-        "final_ess": train_rows[-1].get("train/ess") if train_rows else None,
-        # On the diagnostics' fixed batch, mean of the last 3 diagnostics: the prior's error
-        # with one trajectory and with class probabilities averaged over K trajectories.
-        "final_diag_error_sampled": _tail_mean(diag_rows, "diag/error_sampled"),
-        "final_diag_error_mc": _tail_mean(diag_rows, "diag/error_mc"),
-        "final_grad_var": diag_rows[-1]["diag/grad_var"] if diag_rows else None,
-        "median_grad_var": (sorted(r["diag/grad_var"] for r in diag_rows)[len(diag_rows) // 2]
-                            if diag_rows else None),
-        "updates_to_error": {str(lv): updates_to_reach(rows, lv) for lv in ERROR_LEVELS},
-    }
-    out.update({k: ev.get(k) for k in ("test_error_sampled", "test_error_mc",
-                                       "test_error_deterministic")})
-    return out
-
-
-def write_results(out_dir: str | Path) -> dict[str, Any]:
-    """Tables (results.json, results.md) and figures from the run folders' files alone."""
-    from .plots import plot_comparison
-
-    out_dir = Path(out_dir)
-    names = _variant_names(out_dir)
-    if not names:
-        raise WsramError(f"{out_dir}: no runs to compare")
-    summary = {n: summarise(out_dir / n) for n in names}
-    speedup = None
-    if "var+c" in summary and "wsram+q+c" in summary:
-        target = summary["var+c"]["final_train_error"]
-        reach = updates_to_reach(read_metrics(out_dir / "wsram+q+c"), target)
-        speedup = {"var+c_final_train_error": target, "var+c_updates": summary["var+c"]["updates"],
-                   "wsram+q+c_updates_to_reach_it": reach,
-                   "ratio": summary["var+c"]["updates"] / reach if reach else None}
-    cfg = load_yaml(out_dir / names[0] / "config.yaml")
-    shared_path = out_dir / "variance_at_shared.json"
-    shared = json.loads(shared_path.read_text()) if shared_path.is_file() else []
-    results = {"runs": summary, "speedup": speedup, "variance_at_shared": shared,
-               "setup": {k: cfg.get(k) for k in ("samples", "steps", "batch_size", "lr",
-                                                  "canvas_size", "glimpses", "seed")}}
-    atomic_write_bytes(out_dir / "results.json",
-                       lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
-    atomic_write_bytes(out_dir / "results.md", lambda f: f.write(_markdown(results).encode()))
-    plot_comparison(out_dir, names)
-    return results
-
-
-def _variant_names(out_dir: Path) -> list[str]:
-    meta = out_dir / "variants.json"
-    if meta.is_file():
-        try:
-            names = [str(v["name"]) for v in json.loads(meta.read_text())["variants"]]
-        except (ValueError, KeyError, TypeError):
-            raise WsramError(f"{meta}: not a list of variants written by wsram compare") \
-                from None
-    else:
-        names = [v.name for v in default_variants()]
-    return [n for n in names if (out_dir / n / "metrics.jsonl").is_file()]
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
-def _num(v: float | None, fmt: str = "{:.3g}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
-def _markdown(res: dict[str, Any]) -> str:
-    runs, setup = res["runs"], res["setup"]
-    lines = ["# Comparison of training methods", "",
-             f"Setup: K = {setup['samples']} samples, {setup['steps']} updates of batch "
-             f"{setup['batch_size']}, Adam lr {setup['lr']}, {setup['canvas_size']}x"
-             f"{setup['canvas_size']} canvases, {setup['glimpses']} glimpses, seed "
-             f"{setup['seed']}. Test error with M-sample averaging (paper Figure 3):", "",
-             "| | without control variates | with control variates (+c) |", "|---|---|---|"]
-    for label, a, b in (("VAR", "var", "var+c"), ("WS-RAM", "wsram", "wsram+c"),
-                        ("WS-RAM+q", "wsram+q", "wsram+q+c")):
-        lines.append(f"| {label} | {_pct(runs.get(a, {}).get('test_error_mc'))} | "
-                     f"{_pct(runs.get(b, {}).get('test_error_mc'))} |")
-    if "vimco" in runs:
-        lines.append(f"| VIMCO | {_pct(runs['vimco'].get('test_error_mc'))} | |")
-    lines += ["", "## Every run", "",
-              "| run | test error (1 sample / mean of M / deterministic) | final train error "
-              "(1 sample / mean of K) | updates | time (s) | final ESS "
-              "| grad. variance (last / median) |",
-              "|---|---|---|---|---|---|---|"]
-    for n, r in runs.items():
-        lines.append(
-            f"| {n} | {_pct(r['test_error_sampled'])} / {_pct(r['test_error_mc'])} / "
-            f"{_pct(r['test_error_deterministic'])} | {_pct(r['final_train_error'])} / "
-            f"{_pct(r['final_diag_error_mc'])} | "
-            f"{r['updates']} | {_num(r['train_time_s'], '{:.0f}')} | {_num(r['final_ess'])} | "
-            f"{_num(r['final_grad_var'])} / {_num(r['median_grad_var'])} |")
-    lines += ["", "## Updates to reach a training error", "",
-              "| run | " + " | ".join(_pct(lv) for lv in ERROR_LEVELS) + " |",
-              "|---|" + "---|" * len(ERROR_LEVELS)]
-    for n, r in runs.items():
-        lines.append(f"| {n} | " + " | ".join(
-            _num(r["updates_to_error"][str(lv)], "{}") for lv in ERROR_LEVELS) + " |")
-    sp = res.get("speedup")
-    if sp:
-        lines += ["", "## Speed-up", "",
-                  f"VAR+c ended at a training error of {_pct(sp['var+c_final_train_error'])} "
-                  f"after {sp['var+c_updates']} updates; WS-RAM+q+c first reached it after "
-                  f"{_num(sp['wsram+q+c_updates_to_reach_it'], '{}')} updates"
-                  + (f": {sp['ratio']:.1f}x fewer." if sp["ratio"] else " (never).")]
-    for block in res.get("variance_at_shared") or []:
-        lines += ["", f"## Gradient variance at the same parameters: those of "
-                  f"{block['parameters_of']} after {block['step']} updates", "",
-                  f"R = {block['repeats']} independent estimates of the prediction network's "
-                  f"gradient on one fixed batch of {block['batch']} images, K = "
-                  f"{block['samples']}, every estimator at the same parameters.", "",
-                  "| estimator | trace of covariance | relative to squared norm of mean |",
-                  "|---|---|---|"]
-        for n, v in block["variance"].items():
-            lines.append(f"| {n} | {_num(v['grad_var'])} | {_num(v['grad_var_rel'])} |")
-    lines += ["", "Training error: one trajectory of the prediction network's own policy per "
-              "training image, smoothed over 5 log steps; 'mean of K': class probabilities "
-              "averaged over K trajectories of that policy, on the diagnostics' fixed batch "
-              "(last 3 diagnostics). Gradient variance: trace of the "
-              "covariance of R independent estimates of the prediction network's gradient on "
-              "one fixed minibatch. Figures: figure2.png, figure4_exploration.png.", ""]
-    return "\n".join(lines)
+    while True:
+        for i, (_, proc) in enumerate(running):
+            if proc.poll() is not None:
+                return running.pop(i)
+        time.sleep(0.2)

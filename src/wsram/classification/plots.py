@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..figures import band, method_style  # noqa: E402
+
 GLIMPSE_COLOURS = ["#e41a1c", "#ff7f00", "#4daf4a", "#377eb8", "#984ea3", "#a65628",
                    "#f781bf", "#999999"]
 
@@ -70,26 +72,6 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
     return out
 
 
-def _style(name: str) -> dict:
-    """The method's own colour; "+explore" variants dashed."""
-    from ..methods import METHODS
-
-    base = name.replace("+explore", "")
-    return {"color": METHODS[base].colour if base in METHODS else "#444444",
-            "linestyle": "--" if name.endswith("+explore") else "-", "linewidth": 1.6,
-            "label": name}
-
-
-def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    pts = [(r["step"], r[key]) for r in rows if key in r]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def _smooth(v: list[float], w: int = 5) -> list[float]:
-    return [sum(v[max(0, i - w + 1):i + 1]) / len(v[max(0, i - w + 1):i + 1])
-            for i in range(len(v))]
-
-
 def _save(fig, path: Path) -> None:
     from ..checkpoint import atomic_write_bytes
 
@@ -98,64 +80,92 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_comparison(out_dir: str | Path, names: list[str]) -> list[Path]:
-    """figure2.png (training error, gradient variance, ESS against updates) and
-    figure4_exploration.png (heuristics on/off, and glimpse-scale usage)."""
-    from ..run_dir import read_metrics
+def _group_dirs(out_dir: Path, res: dict, variant: str, lr: float) -> list[Path]:
+    return [out_dir / f for f, r in res["runs"].items()
+            if r["variant"] == variant and r["lr"] == lr]
 
+
+def plot_comparison(out_dir: str | Path, res: dict) -> list[Path]:
+    """figure2.png (training error, gradient variance, ESS against updates: means over
+    seeds with 95% bands, each variant at its rate), figure_lr.png (final training error
+    against the learning rate) and figure4_exploration.png (heuristics on/off)."""
     out_dir = Path(out_dir)
-    rows = {n: read_metrics(out_dir / n) for n in names}
-    main = [n for n in names if not n.endswith("+explore")]
-    written = []
-
+    table = res["table"]
+    main = [v for v in table if not v.endswith("+explore")]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    for n in main:
-        s, e = _series(rows[n], "train/error")
-        axes[0].plot([x / 1000 for x in s], _smooth(e), **_style(n))
-        s, v = _series(rows[n], "diag/grad_var")
-        axes[1].plot([x / 1000 for x in s], v, marker="o", markersize=3, **_style(n))
-        s, v = _series(rows[n], "diag/ess")
-        axes[2].plot([x / 1000 for x in s], v, marker="o", markersize=3, **_style(n))
-    k = next((r.get("samples") for r in [_config(out_dir / n) for n in names] if r), None)
-    axes[0].set(title="Training error", xlabel="updates (thousands)",
-                ylabel="error (one sampled trajectory)")
+    for v in main:
+        dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
+        label = f"{v}, lr {table[v]['lr']:g}"
+        band(axes[0], dirs, "train/error", label, smooth=5, scale=1e-3, **method_style(v))
+        band(axes[1], dirs, "diag/grad_var", label, scale=1e-3, **method_style(v))
+        band(axes[2], dirs, "diag/ess", label, scale=1e-3, **method_style(v))
+    axes[0].set(title="Training error (running mean of 5 log steps)", ylim=(0, 1),
+                xlabel="updates (thousands)", ylabel="error (one sampled trajectory)")
     axes[1].set(title="Variance of the gradient estimate", xlabel="updates (thousands)",
                 ylabel="trace of covariance", yscale="log")
     axes[2].set(title="Effective sample size", xlabel="updates (thousands)",
-                ylabel=f"ESS (max K = {k})" if k else "ESS")
+                ylabel=f"ESS (max K = {res['setup']['samples']})")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     _save(fig, out_dir / "figure2.png")
-    written.append(out_dir / "figure2.png")
-
-    pairs = [n for n in names if n.endswith("+explore")]
-    if pairs:
-        study = [p.replace("+explore", "") for p in pairs] + pairs
-        study = [n for n in study if n in rows]
-        fig, axes = plt.subplots(1, 1 + len(study), figsize=(4.4 * (1 + len(study)), 4.2),
-                                 squeeze=False)
-        axes = axes[0]
-        for n in study:
-            s, e = _series(rows[n], "train/error")
-            axes[0].plot([x / 1000 for x in s], _smooth(e), **_style(n))
-        axes[0].set(title="Exploration heuristics", xlabel="updates (thousands)",
-                    ylabel="training error")
-        axes[0].legend(fontsize=8)
-        axes[0].grid(alpha=0.3)
-        for ax, n in zip(axes[1:], study, strict=True):
-            scales = (_config(out_dir / n) or {}).get("scales", [])
-            for i, sc in enumerate(scales):
-                s, v = _series(rows[n], f"diag/scale{i}")
-                ax.plot([x / 1000 for x in s], v, marker="o", markersize=3,
-                        label=f"scale {sc:g}")
-            ax.set(title=f"{n}: glimpse scales used", xlabel="updates (thousands)",
-                   ylabel="fraction of glimpses", ylim=(-0.02, 1.02))
-            ax.legend(fontsize=8)
-            ax.grid(alpha=0.3)
-        _save(fig, out_dir / "figure4_exploration.png")
-        written.append(out_dir / "figure4_exploration.png")
+    written = [out_dir / "figure2.png"]
+    if any(len(g) > 1 for g in res["by_lr"].values()):
+        written.append(_plot_rates(out_dir, res))
+    explored = [v for v in table if v.endswith("+explore")]
+    if explored:
+        written.append(_plot_exploration(out_dir, res, explored))
     return written
+
+
+def _plot_rates(out_dir: Path, res: dict) -> Path:
+    """Final training error against the learning rate, mean and 95% interval per method."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for v, g in res["by_lr"].items():
+        if v.endswith("+explore") or len(g) < 2:
+            continue
+        lrs = [float(lr) for lr in g if g[lr]["final_train_error"]]
+        ivs = [g[f"{lr:g}"]["final_train_error"] for lr in lrs]
+        st = method_style(v)
+        ax.errorbar(lrs, [i["mean"] for i in ivs],
+                    yerr=[[i["mean"] - i["lo"] for i in ivs], [i["hi"] - i["mean"] for i in ivs]],
+                    marker="o", capsize=3, label=v, color=st["color"])
+    ax.set(xscale="log", xlabel="Adam learning rate", ylabel="final training error",
+           title="Learning rate against final training error (95% intervals)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, out_dir / "figure_lr.png")
+    return out_dir / "figure_lr.png"
+
+
+def _plot_exploration(out_dir: Path, res: dict, explored: list[str]) -> Path:
+    """Training error with and without the heuristics, and glimpse-scale usage."""
+    table = res["table"]
+    study = [v.removesuffix("+explore") for v in explored if v.removesuffix("+explore")
+             in table] + explored
+    fig, axes = plt.subplots(1, 1 + len(study), figsize=(4.4 * (1 + len(study)), 4.2),
+                             squeeze=False)
+    axes = axes[0]
+    for v in study:
+        dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
+        band(axes[0], dirs, "train/error", f"{v}, lr {table[v]['lr']:g}", smooth=5, scale=1e-3,
+              **method_style(v))
+    axes[0].set(title="Exploration heuristics", xlabel="updates (thousands)",
+                ylabel="training error")
+    axes[0].legend(fontsize=7)
+    axes[0].grid(alpha=0.3)
+    for ax, v in zip(axes[1:], study, strict=True):
+        dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
+        scales = (_config(dirs[0]) or {}).get("scales", []) if dirs else []
+        for i, sc in enumerate(scales):
+            band(ax, dirs, f"diag/scale{i}", f"scale {sc:g}", scale=1e-3, color=f"C{i}",
+                 linewidth=1.4)
+        ax.set(title=f"{v}: glimpse scales used", xlabel="updates (thousands)",
+               ylabel="fraction of glimpses", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    _save(fig, out_dir / "figure4_exploration.png")
+    return out_dir / "figure4_exploration.png"
 
 
 def _config(run_dir: Path) -> dict | None:

@@ -1,0 +1,214 @@
+"""``results.md`` of a ``wsram compare`` study: the tables of ``results.results()``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..methods import METHODS
+from .results import CONVERGED_BELOW, ERROR_LEVELS, FINAL_POINTS, MAX_RISE, SMOOTH
+
+
+def _pct(iv: dict[str, Any] | None) -> str:
+    """A proportion's mean [lo, hi] in percent (the interval of a mean of proportions,
+    clipped to [0, 100]); ``-`` when missing."""
+    if not iv:
+        return "-"
+    if iv["n"] < 2:
+        return f"{100 * iv['mean']:.1f}%"
+    lo, hi = max(0.0, iv["lo"]), min(1.0, iv["hi"])
+    return f"{100 * iv['mean']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _num(iv: dict[str, Any] | None, fmt: str = "{:.3g}") -> str:
+    if not iv:
+        return "-"
+    if iv["n"] < 2:
+        return fmt.format(iv["mean"])
+    return f"{fmt.format(iv['mean'])} [{fmt.format(iv['lo'])}, {fmt.format(iv['hi'])}]"
+
+
+def _target(iv: dict[str, Any] | None, fmt: str = "{:.0f}") -> str:
+    """Updates (or seconds) to a level: the interval when every run reached it, else how
+    many did."""
+    if not iv:
+        return "never"
+    if iv["n"] < iv["of"]:
+        return f"{iv['n']}/{iv['of']} reached"
+    return _num(iv, fmt)
+
+
+def _ratio(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    if "mean" not in d:
+        return f"reached {d['reached_a']}/{d['of_a']} vs {d['reached_b']}/{d['of_b']}"
+    star = " *" if d["excludes_zero"] and (d["lo"] > 1 or d["hi"] < 1) else ""
+    if d["n"] < 2:
+        return f"{d['mean']:.2f}x"
+    return f"{d['mean']:.2f}x [{d['lo']:.2f}, {d['hi']:.2f}]{star}"
+
+
+def _diff_pct(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    if d["n"] < 2:
+        return f"{100 * d['mean']:+.1f}"
+    star = " *" if d["excludes_zero"] else ""
+    return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]{star}"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The whole results.md."""
+    return "\n".join([*_header(res), *_rates(res), *_figure3(res), *_variants(res),
+                      *_targets(res), *_by_lr(res), *_differences(res), *_shared(res),
+                      *_notes()]) + "\n"
+
+
+def _header(res: dict[str, Any]) -> list[str]:
+    s, t = res["setup"], res["table"]
+    seeds = sorted({x for v in t.values() for x in v["seeds"]})
+    return ["# Comparison of training methods", "",
+            f"Setup: K = {s['samples']} samples, up to {s['steps']} updates of batch "
+            f"{s['batch_size']}, {s['canvas_size']}x{s['canvas_size']} canvases, "
+            f"{s['glimpses']} glimpses, seeds {', '.join(map(str, seeds))}; "
+            f"{_validation(s)}."
+            " Figures are means over seeds with 95% Student-t intervals [lo, hi]; "
+            "differences use Welch's interval, ratios Welch's on the log scale; * marks an "
+            "interval that excludes no difference.", ""]
+
+
+def _validation(setup: dict[str, Any]) -> str:
+    n = setup.get("holdout_every")
+    return f"validation: every {n}th training digit" if n else "no validation set"
+
+
+def _rates(res: dict[str, Any]) -> list[str]:
+    lines = ["## Learning rates chosen on training data", "",
+             f"A run converged when its final training error (mean of the last {FINAL_POINTS} "
+             f"logged values) is below {CONVERGED_BELOW:.0%} and at most "
+             f"{MAX_RISE * 100:.0f} points above the lowest it reached. (a) the paper's rule: "
+             "the highest rate at which every seed converged; (b) the rate with the lowest "
+             "mean final training error. Chosen: (a), or (b) where no rate satisfies (a).", "",
+             "| method | rates tried (seeds converged) | (a) | (b) | chosen |",
+             "|---|---|---|---|---|"]
+    for m, c in res["chosen"].items():
+        tried = ", ".join(f"{lr} ({v['converged']}/{v['seeds']})"
+                          for lr, v in c["candidates"].items())
+        paper = "none" if c["paper_rule_lr"] is None else f"{c['paper_rule_lr']:g}"
+        lines.append(f"| {m} | {tried} | {paper} | {c['lowest_error_lr']:g} | "
+                     f"{c['lr']:g} ({c['rule']}) |")
+    return lines + [""]
+
+
+def _figure3(res: dict[str, Any]) -> list[str]:
+    t = res["table"]
+
+    def cell(v: str) -> str:
+        return _pct(t[v]["test_error_mc"]) + f" (lr {t[v]['lr']:g})" if v in t else "-"
+
+    lines = ["## Test error, mean of M trajectories (paper Figure 3)", "",
+             "Each method at its chosen rate (the family's for methods trained only there); "
+             "last.pt after the whole budget.", "",
+             "| | without control variates | with control variates (+c) |", "|---|---|---|"]
+    for label, a, b in (("VAR", "var", "var+c"), ("WS-RAM", "wsram", "wsram+c"),
+                        ("WS-RAM+q", "wsram+q", "wsram+q+c")):
+        lines.append(f"| {label} | {cell(a)} | {cell(b)} |")
+    if "vimco" in t:
+        lines.append(f"| VIMCO | {cell('vimco')} | |")
+    return lines + [""]
+
+
+def _variants(res: dict[str, Any]) -> list[str]:
+    lines = ["## Every variant at its rate", "",
+             "| variant | lr | seeds | updates | final training error: 1 trajectory / mean of K "
+             "| test error: 1 / mean of M / deterministic | final bound L_K | final ESS "
+             "| gradient variance | training time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for v, g in res["table"].items():
+        lines.append(
+            f"| {v} | {g['lr']:g} | {len(g['seeds'])} | {'/'.join(map(str, g['updates']))} | "
+            f"{_pct(g['final_train_error'])} / {_pct(g['final_train_error_mc'])} | "
+            f"{_pct(g['test_error_sampled'])} / {_pct(g['test_error_mc'])} / "
+            f"{_pct(g['test_error_deterministic'])} | {_num(g['final_bound'])} | "
+            f"{_num(g['final_ess'])} | {_num(g['final_grad_var'])} | "
+            f"{_num(g['train_time_s'], '{:.0f}')} |")
+    return lines + [""]
+
+
+def _targets(res: dict[str, Any]) -> list[str]:
+    lvs = [str(lv) for lv in ERROR_LEVELS]
+    lines = ["## Updates and seconds to reach a training error", "",
+             f"First update at which the running mean of {SMOOTH} logged training errors is "
+             "at or below the level; training seconds at that update.", "",
+             "| variant | lr | " + " | ".join(f"updates to {float(lv):.0%}" for lv in lvs)
+             + " | " + " | ".join(f"seconds to {float(lv):.0%}" for lv in lvs) + " |",
+             "|---|---|" + "---|" * (2 * len(lvs))]
+    for v, g in res["table"].items():
+        lines.append(f"| {v} | {g['lr']:g} | "
+                     + " | ".join(_target(g["updates_to"][lv]) for lv in lvs) + " | "
+                     + " | ".join(_target(g["seconds_to"][lv]) for lv in lvs) + " |")
+    return lines + [""]
+
+
+def _by_lr(res: dict[str, Any]) -> list[str]:
+    lrs = sorted({float(lr) for g in res["by_lr"].values() for lr in g})
+    if len(lrs) < 2:
+        return []
+    lines = ["## Final training error and updates to 30% at each learning rate", "",
+             "| variant | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+             "|---|" + "---|" * len(lrs)]
+    for v, g in res["by_lr"].items():
+        cells = []
+        for lr in lrs:
+            a = g.get(f"{lr:g}")
+            cells.append("-" if a is None else f"{_pct(a['final_train_error'])}; "
+                         f"{_target(a['updates_to']['0.3'])} upd.; "
+                         f"{a['converged']}/{len(a['seeds'])} conv.")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _differences(res: dict[str, Any]) -> list[str]:
+    if not res["differences"]:
+        return []
+    lvs = [str(lv) for lv in ERROR_LEVELS]
+    lines = ["## Differences between methods", "",
+             "A - B in percentage points (final training error of one trajectory, test "
+             "error of the mean of M); for updates to a training error, how many times fewer "
+             "A needs than B (B / A; > 1: A is faster).", "",
+             "| A vs B | condition | final training error | test error (M) | "
+             + " | ".join(f"updates to {float(lv):.0%}: B/A" for lv in lvs) + " |",
+             "|---|---|---|---|" + "---|" * len(lvs)]
+    for d in res["differences"]:
+        lines.append(f"| {METHODS[d['a']].label} vs {METHODS[d['b']].label} | "
+                     f"{d['condition']} | {_diff_pct(d['final_train_error'])} | "
+                     f"{_diff_pct(d['test_error_mc'])} | "
+                     + " | ".join(_ratio(d["updates_to"][lv]) for lv in lvs) + " |")
+    return lines + [""]
+
+
+def _shared(res: dict[str, Any]) -> list[str]:
+    lines = []
+    for block in res.get("variance_at_shared") or []:
+        lines += [f"## Gradient variance at the same parameters: those of "
+                  f"{block['parameters_of']} ({block.get('run', '')}) after {block['step']} "
+                  "updates", "",
+                  f"R = {block['repeats']} independent estimates of the prediction network's "
+                  f"gradient on one fixed batch of {block['batch']} training images, K = "
+                  f"{block['samples']}, every estimator at the same parameters.", "",
+                  "| estimator | trace of covariance | relative to squared norm of mean |",
+                  "|---|---|---|"]
+        for n, v in block["variance"].items():
+            lines.append(f"| {n} | {v['grad_var']:.3g} | {v['grad_var_rel']:.3g} |")
+        lines.append("")
+    return lines
+
+
+def _notes() -> list[str]:
+    return ["Training error: one trajectory of the prediction network's own policy per "
+            "training image; 'mean of K': class probabilities averaged over K trajectories "
+            "of that policy, on the diagnostics' fixed training batch (last 3 diagnostics). "
+            "Gradient variance: trace of the covariance of R independent estimates of the "
+            "prediction network's gradient on that batch (last 3 diagnostics). Figures: "
+            "figure2.png (mean curves with 95% bands), figure_lr.png (final training error "
+            "against the learning rate), figure4_exploration.png.", ""]

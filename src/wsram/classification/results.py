@@ -1,0 +1,251 @@
+"""The results of a ``wsram compare`` study, from its run folders' files alone: a summary of
+each run, each method's learning rate chosen by stated rules on training data, and tables
+(``results.md``, ``results.json``) and figures with 95% intervals across seeds.
+
+The rules, applied to training data only (never the test set):
+- a run *converged* when its final training error (one trajectory of the model's own
+  policy, mean of the last ``FINAL_POINTS`` logged values) is below ``CONVERGED_BELOW`` and
+  at most ``MAX_RISE`` above the lowest smoothed value it reached (no late collapse);
+- (a) the paper's rule: the highest learning rate at which every seed's run converged;
+- (b) the learning rate with the lowest mean final training error over seeds.
+A method's chosen rate is (a)'s, or (b)'s where no rate satisfies (a).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import atomic_write_bytes
+from ..config import load_yaml
+from ..errors import WsramError
+from ..run_dir import read_metrics
+from ..stats import Interval, difference_interval, first_reach, mean_interval, ratio_interval
+from ..stats import smoothed as smooth
+
+CONVERGED_BELOW = 0.5
+MAX_RISE = 0.10
+FINAL_POINTS = 5  # logged training errors averaged into the final one
+SMOOTH = 5  # logged training errors in the running mean that updates-to-target reads
+ERROR_LEVELS = (0.5, 0.3, 0.2)
+TEST_KEYS = ("test_error_sampled", "test_error_mc", "test_error_deterministic")
+# Pairs (A, B) whose differences A - B are tabulated.
+PAIRS = (("wsram+q+c", "var+c"), ("wsram+c", "var+c"), ("wsram+q+c", "wsram+c"))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder of a study, with what its config says it is."""
+
+    variant: str
+    lr: float
+    seed: int
+    dir: Path
+    folder: str
+
+    @property
+    def method(self) -> str:
+        return self.variant.removesuffix("+explore")
+
+
+def discover_runs(out_dir: Path) -> list[RunDir]:
+    """Every run folder (``config.yaml`` and ``metrics.jsonl``) one or two levels below
+    ``out_dir``; a run with any exploration heuristic on is its method's "+explore" variant."""
+    found = []
+    for cfg_path in sorted([*out_dir.glob("*/config.yaml"), *out_dir.glob("*/*/config.yaml")]):
+        run = cfg_path.parent
+        if not (run / "metrics.jsonl").is_file():
+            continue
+        raw = load_yaml(cfg_path)
+        explore = (float(raw.get("temperature", 1.0)) != 1.0 or float(raw.get("coverage", 0))
+                   or float(raw.get("entropy", 0)))
+        variant = str(raw.get("method", run.name)) + ("+explore" if explore else "")
+        found.append(RunDir(variant, float(raw.get("lr", 1e-3)), int(raw.get("seed", 0)), run,
+                            run.relative_to(out_dir).as_posix()))
+    return found
+
+
+def _values(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r[key])) for r in rows if key in r]
+
+
+def _tail(points: list[tuple[int, float]], n: int) -> float | None:
+    vals = [v for _, v in points[-n:]]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarise(run: RunDir) -> dict[str, Any]:
+    """One run's figures from its metrics.jsonl and eval.json."""
+    rows = read_metrics(run.dir)
+    err = _values(rows, "train/error")
+    sm = smooth(err, SMOOTH)
+    seconds = {int(r["step"]): float(r["time"]) for r in rows if "time" in r}
+    final = _tail(err, FINAL_POINTS)
+    lowest = min((v for _, v in sm), default=None)
+    out: dict[str, Any] = {
+        "variant": run.variant, "lr": run.lr, "seed": run.seed,
+        "updates": err[-1][0] if err else 0,
+        "train_time_s": seconds.get(err[-1][0]) if err else None,
+        "final_train_error": final,
+        "final_train_error_mc": _tail(_values(rows, "diag/error_mc"), 3),
+        "final_bound": _tail(_values(rows, "train/bound"), FINAL_POINTS),
+        "final_ess": _tail(_values(rows, "train/ess"), FINAL_POINTS),
+        "final_grad_var": _tail(_values(rows, "diag/grad_var"), 3),
+        "nonfinite": int(rows[-1].get("train/nonfinite_total", 0)) if rows else 0,
+        "converged": (final is not None and final < CONVERGED_BELOW
+                      and final <= lowest + MAX_RISE),
+        "updates_to": {str(lv): first_reach(sm, lv) for lv in ERROR_LEVELS},
+    }
+    out["seconds_to"] = {k: (seconds.get(v) if v is not None else None)
+                         for k, v in out["updates_to"].items()}
+    ev_path = run.dir / "eval.json"
+    ev = json.loads(ev_path.read_text()) if ev_path.is_file() else {}
+    out.update({k: ev.get(k) for k in TEST_KEYS})
+    return out
+
+
+def choose_rates(runs: list[RunDir]) -> dict[str, dict[str, Any]]:
+    """Each method's learning rate by rules (a) and (b) (module docstring), from its runs
+    without exploration heuristics; methods tried at one rate keep it."""
+    summaries: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in runs:
+        if not r.variant.endswith("+explore"):
+            summaries.setdefault((r.variant, r.lr), []).append(summarise(r))
+    out: dict[str, dict[str, Any]] = {}
+    for method in sorted({m for m, _ in summaries}):
+        cands = {}
+        for (m, lr), ss in sorted(summaries.items()):
+            if m != method:
+                continue
+            finals = [s["final_train_error"] for s in ss if s["final_train_error"] is not None]
+            cands[lr] = {"seeds": len(ss), "converged": sum(bool(s["converged"]) for s in ss),
+                         "all_converged": all(s["converged"] for s in ss),
+                         "mean_final_train_error": sum(finals) / len(finals) if finals else None}
+        paper = max((lr for lr, c in cands.items() if c["all_converged"]), default=None)
+        scored = [(c["mean_final_train_error"], lr) for lr, c in cands.items()
+                  if c["mean_final_train_error"] is not None]
+        lowest = min(scored)[1] if scored else None
+        chosen = paper if paper is not None else lowest
+        if chosen is None:
+            continue
+        out[method] = {"lr": chosen, "rule": "a" if paper is not None else "b",
+                       "paper_rule_lr": paper, "lowest_error_lr": lowest, "candidates":
+                       {f"{lr:g}": c for lr, c in cands.items()}}
+    return out
+
+
+def table_rate(variant: str, lrs: list[float], chosen: dict[str, dict[str, Any]]) -> float:
+    """The rate a variant is tabulated at: its own chosen rate, else its method's, else its
+    family head's (where it has runs there), else the rate it has most runs at."""
+    from .compare import FAMILY
+
+    method = variant.removesuffix("+explore")
+    for name in (variant, method, FAMILY.get(method)):
+        if name in chosen and chosen[name]["lr"] in lrs:
+            return chosen[name]["lr"]
+    return max(sorted(set(lrs)), key=lrs.count)
+
+
+def _interval(values: list[float | None]) -> dict[str, Any] | None:
+    vals = [v for v in values if v is not None]
+    return {**mean_interval(vals).to_dict(), "of": len(values)} if vals else None
+
+
+def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and 95% t-interval over seeds of every figure of a group of runs; targets that
+    some seed never reached say how many did (``of``: the runs in the group)."""
+    keys = ("final_train_error", "final_train_error_mc", "final_bound", "final_ess",
+            "final_grad_var", "train_time_s", *TEST_KEYS)
+    out: dict[str, Any] = {k: _interval([s[k] for s in summaries]) for k in keys}
+    out["seeds"] = sorted(s["seed"] for s in summaries)
+    out["updates"] = sorted({s["updates"] for s in summaries})
+    out["converged"] = sum(bool(s["converged"]) for s in summaries)
+    for what in ("updates_to", "seconds_to"):
+        out[what] = {lv: _interval([s[what][lv] for s in summaries])
+                     for lv in map(str, ERROR_LEVELS)}
+    return out
+
+
+def _reached(group: list[dict[str, Any]], what: str, lv: str) -> list[float] | None:
+    vals = [s[what][lv] for s in group]
+    return None if any(v is None for v in vals) else vals
+
+
+def differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+    """A - B for the final errors (Welch's interval) and B / A for updates and seconds to
+    each training-error level (how many times fewer A needs), where every run reached it."""
+    out: dict[str, Any] = {}
+    for k in ("final_train_error", "final_train_error_mc", "final_bound", "test_error_mc"):
+        va = [s[k] for s in a if s[k] is not None]
+        vb = [s[k] for s in b if s[k] is not None]
+        out[k] = _diff(difference_interval(va, vb)) if va and vb else None
+    for what in ("updates_to", "seconds_to"):
+        out[what] = {}
+        for lv in map(str, ERROR_LEVELS):
+            ra, rb = _reached(a, what, lv), _reached(b, what, lv)
+            out[what][lv] = (_diff(ratio_interval(ra, rb)) if ra and rb else
+                             {"reached_a": sum(s[what][lv] is not None for s in a),
+                              "reached_b": sum(s[what][lv] is not None for s in b),
+                              "of_a": len(a), "of_b": len(b)})
+    return out
+
+
+def _diff(iv: Interval) -> dict[str, Any]:
+    return {**iv.to_dict(), "excludes_zero": iv.excludes_zero}
+
+
+def results(out_dir: Path) -> dict[str, Any]:
+    """Everything the tables and figures show, from the files."""
+    runs = discover_runs(out_dir)
+    if not runs:
+        raise WsramError(f"{out_dir}: no runs to compare")
+    summaries = {r.folder: summarise(r) for r in runs}
+    chosen = choose_rates(runs)
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for r in runs:
+        groups.setdefault(r.variant, {}).setdefault(f"{r.lr:g}", []).append(summaries[r.folder])
+    at: dict[str, float] = {v: table_rate(v, [r.lr for r in runs if r.variant == v], chosen)
+                            for v in groups}
+    table = {v: {"lr": at[v], **aggregate(groups[v][f"{at[v]:g}"])} for v in groups}
+    by_lr = {v: {lr: aggregate(g) for lr, g in sorted(gs.items(), key=lambda x: float(x[0]))}
+             for v, gs in groups.items()}
+    diffs = []
+    for a, b in PAIRS:
+        if a in groups and b in groups:
+            diffs.append({"a": a, "b": b, "condition": "each at its chosen rate",
+                          "lr_a": at[a], "lr_b": at[b],
+                          **differences(groups[a][f"{at[a]:g}"], groups[b][f"{at[b]:g}"])})
+            for lr in sorted(set(groups[a]) & set(groups[b]), key=float):
+                diffs.append({"a": a, "b": b, "condition": f"both at lr {lr}",
+                              "lr_a": float(lr), "lr_b": float(lr),
+                              **differences(groups[a][lr], groups[b][lr])})
+    cfg = load_yaml(runs[0].dir / "config.yaml")
+    shared_path = out_dir / "variance_at_shared.json"
+    return {
+        "setup": {k: cfg.get(k) for k in ("samples", "steps", "batch_size", "canvas_size",
+                                          "glimpses", "holdout_every", "device", "data_dir")},
+        "rules": {"converged_below": CONVERGED_BELOW, "max_rise": MAX_RISE,
+                  "final_points": FINAL_POINTS, "smooth": SMOOTH,
+                  "interval": "95% Student-t across seeds; differences: Welch; ratios: "
+                              "Welch on log values"},
+        "chosen": chosen, "table": table, "by_lr": by_lr, "differences": diffs,
+        "runs": summaries,
+        "variance_at_shared": json.loads(shared_path.read_text()) if shared_path.is_file()
+        else [],
+    }
+
+
+def write_results(out_dir: str | Path) -> dict[str, Any]:
+    """results.json, results.md and the figures, from the run folders' files alone."""
+    from .plots import plot_comparison
+    from .report import markdown
+
+    out_dir = Path(out_dir)
+    res = results(out_dir)
+    atomic_write_bytes(out_dir / "results.json",
+                       lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
+    atomic_write_bytes(out_dir / "results.md", lambda f: f.write(markdown(res).encode()))
+    plot_comparison(out_dir, res)
+    return res

@@ -1,0 +1,44 @@
+"""Figure helpers shared by the tasks' plots: each method's style, and curves of several
+runs drawn as their mean with a 95% band. They read run folders' files, never train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .methods import METHODS
+from .run_dir import read_metrics
+from .stats import mean_interval, smoothed
+
+
+def method_style(name: str) -> dict[str, Any]:
+    """The method's own colour (the same in every figure); "+explore" variants dashed."""
+    base = name.removesuffix("+explore")
+    return {"color": METHODS[base].colour if base in METHODS else "#444444",
+            "linestyle": "--" if name.endswith("+explore") else "-", "linewidth": 1.6}
+
+
+def curve(run_dir: Path, key: str, smooth: int = 1, max_step: int | None = None,
+          ) -> dict[int, float]:
+    """step -> value of a metrics.jsonl key (trailing mean over ``smooth`` points)."""
+    pts = [(int(r["step"]), float(r[key])) for r in read_metrics(run_dir)
+           if key in r and (max_step is None or r["step"] <= max_step)]
+    return dict(smoothed(pts, smooth))
+
+
+def band(ax: Any, run_dirs: list[Path], key: str, label: str, smooth: int = 1,
+         scale: float = 1.0, max_step: int | None = None, **style: Any) -> int:
+    """Plot the mean over runs of a metrics key against updates (x ``scale``), with its 95%
+    Student-t interval across runs as a band, at the steps every run logged. Returns the
+    number of points drawn."""
+    curves = [curve(d, key, smooth, max_step) for d in run_dirs]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    if not steps:
+        return 0
+    ivs = [mean_interval([c[s] for c in curves]) for s in steps]
+    x = [s * scale for s in steps]
+    ax.plot(x, [iv.mean for iv in ivs], label=f"{label} (n={len(curves)})", **style)
+    if len(curves) > 1:
+        ax.fill_between(x, [iv.lo for iv in ivs], [iv.hi for iv in ivs], alpha=0.18,
+                        color=style.get("color"), linewidth=0)
+    return len(steps)

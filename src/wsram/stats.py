@@ -1,0 +1,103 @@
+"""Statistics across seeds: means with 95% Student-t intervals, differences and ratios of
+two methods with Welch's interval, and when a training curve first reaches a level.
+
+Pure functions of plain numbers; ``compare`` applies them to run folders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Two-sided 95% quantiles of Student's t, t_{0.975, df}, for df = 1..30 (standard tables);
+# beyond 30 the normal quantile's 1.96 is within 2%.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: float) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (df >= 1; a
+    fractional df, as Welch's gives, takes the next lower whole df: a wider interval)."""
+    if df < 1:
+        raise ValueError(f"need at least 1 degree of freedom, got {df}")
+    d = int(math.floor(df))
+    return _T975[d - 1] if d <= len(_T975) else 1.96
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a 95% interval [lo, hi] from n values (lo = hi = mean when
+    n = 1: no interval)."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.n > 1 and (self.lo > 0 or self.hi < 0)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
+
+
+def mean_interval(values: Sequence[float]) -> Interval:
+    """Mean and 95% t-interval, mean +- t_{0.975,n-1} s / sqrt(n), of independent values
+    (one per seed)."""
+    v = [float(x) for x in values]
+    n = len(v)
+    if n == 0:
+        raise ValueError("no values")
+    m = sum(v) / n
+    if n == 1:
+        return Interval(m, m, m, 1)
+    s = math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1))
+    h = t975(n - 1) * s / math.sqrt(n)
+    return Interval(m, m - h, m + h, n)
+
+
+def difference_interval(a: Sequence[float], b: Sequence[float]) -> Interval:
+    """mean(a) - mean(b) with Welch's 95% interval (unequal variances; Welch-Satterthwaite
+    degrees of freedom). Needs at least 2 values on each side for an interval."""
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    na, nb = len(a), len(b)
+    if not na or not nb:
+        raise ValueError("no values")
+    ma, mb = sum(a) / na, sum(b) / nb
+    d = ma - mb
+    if na < 2 or nb < 2:
+        return Interval(d, d, d, 1)
+    va = sum((x - ma) ** 2 for x in a) / (na - 1) / na
+    vb = sum((x - mb) ** 2 for x in b) / (nb - 1) / nb
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Interval(d, d, d, min(na, nb))
+    df = (va + vb) ** 2 / ((va ** 2 / (na - 1) if va else 0) + (vb ** 2 / (nb - 1) if vb else 0))
+    h = t975(df) * se
+    return Interval(d, d - h, d + h, min(na, nb))
+
+
+def ratio_interval(a: Sequence[float], b: Sequence[float]) -> Interval:
+    """How many times larger b is than a (geometric means, b / a), with the interval from
+    Welch's interval of log b - log a: e.g. "A needs R times fewer updates than B"."""
+    if any(x <= 0 for x in (*a, *b)):
+        raise ValueError("ratios need positive values")
+    d = difference_interval([math.log(x) for x in b], [math.log(x) for x in a])
+    return Interval(math.exp(d.mean), math.exp(d.lo), math.exp(d.hi), d.n)
+
+
+def smoothed(points: Sequence[tuple[int, float]], window: int = 5) -> list[tuple[int, float]]:
+    """Trailing mean over ``window`` consecutive points of a (step, value) curve."""
+    out = []
+    for i in range(len(points)):
+        chunk = [v for _, v in points[max(0, i - window + 1):i + 1]]
+        out.append((points[i][0], sum(chunk) / len(chunk)))
+    return out
+
+
+def first_reach(points: Sequence[tuple[float, float]], level: float) -> float | None:
+    """The first x at which a (x, value) curve is at or below ``level``; None if never."""
+    return next((x for x, v in points if v <= level), None)

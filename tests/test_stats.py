@@ -1,0 +1,111 @@
+"""Statistics across seeds and the rules that choose a learning rate (stats.py, results.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wsram.classification.results import choose_rates, discover_runs, summarise
+from wsram.stats import (
+    difference_interval,
+    first_reach,
+    mean_interval,
+    ratio_interval,
+    smoothed,
+    t975,
+)
+
+
+def test_mean_interval_of_known_samples() -> None:
+    iv = mean_interval([1.0, 2.0, 3.0])  # mean 2, s = 1, t_{0.975,2} = 4.303
+    h = 4.303 / math.sqrt(3)
+    assert iv.mean == 2 and iv.lo == pytest.approx(2 - h) and iv.hi == pytest.approx(2 + h)
+    assert iv.n == 3 and not iv.excludes_zero  # 3 seeds this spread: [-0.48, 4.48]
+    assert mean_interval([1.0, 1.1, 0.9]).excludes_zero
+    one = mean_interval([0.25])
+    assert (one.mean, one.lo, one.hi, one.n) == (0.25, 0.25, 0.25, 1) and not one.excludes_zero
+    ten = mean_interval([0.0, 1.0] * 5)  # s = 0.527, t_{0.975,9} = 2.262
+    assert ten.hi - ten.mean == pytest.approx(2.262 * math.sqrt(10 / 36) / math.sqrt(10))
+    with pytest.raises(ValueError):
+        mean_interval([])
+
+
+def test_t_quantiles() -> None:
+    assert t975(1) == 12.706 and t975(2.7) == 4.303 and t975(30) == 2.042 and t975(500) == 1.96
+    with pytest.raises(ValueError):
+        t975(0.5)
+
+
+def test_welch_difference_of_known_samples() -> None:
+    a, b = [1.0, 2.0, 3.0], [4.0, 6.0, 8.0]  # variances of the means 1/3 and 4/3
+    d = difference_interval(a, b)
+    se = math.sqrt(1 / 3 + 4 / 3)
+    df = (5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2)  # 2.94 -> t with 2 df
+    assert df == pytest.approx(2.941, abs=1e-3)
+    assert d.mean == -4 and d.hi == pytest.approx(-4 + 4.303 * se) and d.hi > 0
+    assert not d.excludes_zero  # 3 seeds each cannot separate these
+    far = difference_interval([1.0, 1.1, 0.9], [5.0, 5.1, 4.9])
+    assert far.excludes_zero and far.hi < 0
+    assert difference_interval([1.0], [2.0]).n == 1  # no interval from one value a side
+
+
+def test_ratio_of_updates_is_geometric_with_a_log_interval() -> None:
+    r = ratio_interval([100.0, 100.0, 100.0], [300.0, 310.0, 290.0])  # A 3x faster
+    assert r.mean == pytest.approx(3.0, rel=0.01) and r.lo > 1 and r.excludes_zero
+    with pytest.raises(ValueError):
+        ratio_interval([0.0], [1.0])
+
+
+def test_updates_to_target_on_synthetic_curves() -> None:
+    curve = [(10 * i, e) for i, e in enumerate([0.9, 0.2, 0.9, 0.9, 0.5, 0.4, 0.3, 0.2, 0.1])]
+    sm = smoothed(curve, 5)
+    # a single lucky batch (0.2 at step 10) does not count; the running mean of 5 does
+    assert first_reach(sm, 0.5) == 70
+    assert first_reach(sm, 0.05) is None  # a curve that never reaches the target
+    assert first_reach([(0, 0.3)], 0.3) == 0
+    assert smoothed([(0, 1.0), (5, 0.0)], 5) == [(0, 1.0), (5, 0.5)]
+
+
+def fake_run(root: Path, method: str, lr: float, seed: int, errors: list[float],
+             explore: bool = False) -> None:
+    """A run folder as a study holds it: config.yaml and metrics.jsonl."""
+    d = root / (method + ("+explore" if explore else "")) / f"lr{lr:g}-seed{seed}"
+    d.mkdir(parents=True)
+    cfg = {"task": "classification", "method": method, "lr": lr, "seed": seed,
+           "temperature": 1.5 if explore else 1.0, "coverage": 0.0, "entropy": 0.0}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = [{"step": 10 * (i + 1), "train/error": e, "time": float(i + 1)}
+            for i, e in enumerate(errors)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_best_rate_rules(tmp_path: Path) -> None:
+    good = [0.8, 0.6, 0.4, 0.3, 0.3, 0.3, 0.3, 0.3]
+    better = [0.8, 0.4, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1]
+    collapse = [0.8, 0.3, 0.1, 0.1, 0.1, 0.4, 0.45, 0.45, 0.45, 0.45]  # up 0.3 from its best
+    never = [0.9] * 8
+    for s in (0, 1, 2):
+        fake_run(tmp_path, "var+c", 0.001, s, good)
+        fake_run(tmp_path, "var+c", 0.003, s, better)
+        # at the highest rate one seed collapses late: (a) must not pick it
+        fake_run(tmp_path, "var+c", 0.01, s, collapse if s == 1 else better)
+        fake_run(tmp_path, "wsram+q+c", 0.001, s, never)
+        fake_run(tmp_path, "wsram+q+c", 0.003, s, never if s else [0.95] * 8)
+    fake_run(tmp_path, "var+c", 0.01, 0, never, explore=True)  # explore runs never vote
+    runs = discover_runs(tmp_path)
+    assert len(runs) == 16
+    collapsed = next(r for r in runs if r.lr == 0.01 and r.seed == 1 and r.variant == "var+c")
+    assert not summarise(collapsed)["converged"]
+    rates = choose_rates(runs)
+    assert rates["var+c"]["paper_rule_lr"] == 0.003 and rates["var+c"]["rule"] == "a"
+    # (b): mean final errors 0.3 (0.001), 0.1 (0.003), 0.21 (0.01: one seed at 0.44)
+    assert rates["var+c"]["lowest_error_lr"] == 0.003
+    assert rates["var+c"]["candidates"]["0.01"]["converged"] == 2
+    # nothing converges: the lowest mean final error decides, and says so
+    assert rates["wsram+q+c"]["paper_rule_lr"] is None and rates["wsram+q+c"]["rule"] == "b"
+    assert rates["wsram+q+c"]["lr"] == 0.001  # mean 0.9 at 0.001 beats 0.917 at 0.003
+    assert "var+c+explore" not in rates
