@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the exploration-heuristics study (paper Figure 4)")
     c.add_argument("--plot-only", metavar="DIR",
                    help="redraw tables and figures of DIR from its files; train nothing")
+    c.add_argument("--max-step", type=int, metavar="N",
+                   help="with --plot-only: compare training curves up to update N only")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_options(c, ClassificationConfig)
 
@@ -208,7 +210,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.plot_only:
         if not Path(args.plot_only).is_dir():
             raise WsramError(f"{args.plot_only}: no such comparison folder")
-        write_results(args.plot_only)
+        positive("max-step", args.max_step)
+        write_results(args.plot_only, args.max_step)
         out = Path(args.plot_only)
     else:
         if not args.out:

@@ -100,8 +100,9 @@ class Engine:
         stop_votes = self.ddp.sync(self.params, [float(want_stop)])[0]
         norms = [torch.nn.utils.clip_grad_norm_(g, cfg.grad_clip or math.inf)
                  for g in self.groups]
-        # Synced gradients give every rank the same verdict; the loss is per rank.
-        finite = bool(torch.isfinite(torch.stack(norms)).all())
+        # Synced gradients give every rank the same verdict; the loss is per rank. (A group
+        # without gradients, e.g. q under VAR, reports a CPU zero: move it to the others.)
+        finite = bool(torch.isfinite(torch.stack([n.to(loss.device) for n in norms])).all())
         if self.ddp.world == 1:
             finite = finite and bool(torch.isfinite(loss))
         if not finite:

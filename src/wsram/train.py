@@ -199,6 +199,8 @@ def setup_device(cfg: TrainConfig, ddp: Dist) -> torch.device:
             raise WsramError(f"device {cfg.device}: CUDA is not available on this machine")
         if ddp.world > 1:
             device = torch.device("cuda", ddp.local_rank)
+        elif device.index is None:  # "cuda": the current GPU, named (set_device needs one)
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     return device
 

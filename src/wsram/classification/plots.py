@@ -90,15 +90,16 @@ def plot_comparison(out_dir: str | Path, res: dict) -> list[Path]:
     seeds with 95% bands, each variant at its rate), figure_lr.png (final training error
     against the learning rate) and figure4_exploration.png (heuristics on/off)."""
     out_dir = Path(out_dir)
-    table = res["table"]
+    table, cut = res["table"], res.get("max_step")
     main = [v for v in table if not v.endswith("+explore")]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for v in main:
         dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
         label = f"{v}, lr {table[v]['lr']:g}"
-        band(axes[0], dirs, "train/error", label, smooth=5, scale=1e-3, **method_style(v))
-        band(axes[1], dirs, "diag/grad_var", label, scale=1e-3, **method_style(v))
-        band(axes[2], dirs, "diag/ess", label, scale=1e-3, **method_style(v))
+        band(axes[0], dirs, "train/error", label, smooth=5, scale=1e-3, max_step=cut,
+             **method_style(v))
+        band(axes[1], dirs, "diag/grad_var", label, scale=1e-3, max_step=cut, **method_style(v))
+        band(axes[2], dirs, "diag/ess", label, scale=1e-3, max_step=cut, **method_style(v))
     axes[0].set(title="Training error (running mean of 5 log steps)", ylim=(0, 1),
                 xlabel="updates (thousands)", ylabel="error (one sampled trajectory)")
     axes[1].set(title="Variance of the gradient estimate", xlabel="updates (thousands)",
@@ -149,6 +150,7 @@ def _plot_exploration(out_dir: Path, res: dict, explored: list[str]) -> Path:
     for v in study:
         dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
         band(axes[0], dirs, "train/error", f"{v}, lr {table[v]['lr']:g}", smooth=5, scale=1e-3,
+             max_step=res.get("max_step"),
               **method_style(v))
     axes[0].set(title="Exploration heuristics", xlabel="updates (thousands)",
                 ylabel="training error")
@@ -158,7 +160,8 @@ def _plot_exploration(out_dir: Path, res: dict, explored: list[str]) -> Path:
         dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
         scales = (_config(dirs[0]) or {}).get("scales", []) if dirs else []
         for i, sc in enumerate(scales):
-            band(ax, dirs, f"diag/scale{i}", f"scale {sc:g}", scale=1e-3, color=f"C{i}",
+            band(ax, dirs, f"diag/scale{i}", f"scale {sc:g}", scale=1e-3,
+                 max_step=res.get("max_step"), color=f"C{i}",
                  linewidth=1.4)
         ax.set(title=f"{v}: glimpse scales used", xlabel="updates (thousands)",
                ylabel="fraction of glimpses", ylim=(-0.02, 1.02))

@@ -67,11 +67,14 @@ def markdown(res: dict[str, Any]) -> str:
 def _header(res: dict[str, Any]) -> list[str]:
     s, t = res["setup"], res["table"]
     seeds = sorted({x for v in t.values() for x in v["seeds"]})
+    cut = (f" Training curves compared up to update {res['max_step']} (a common budget: runs "
+           "went different lengths); test errors are of each run's last.pt."
+           if res.get("max_step") else "")
     return ["# Comparison of training methods", "",
             f"Setup: K = {s['samples']} samples, up to {s['steps']} updates of batch "
             f"{s['batch_size']}, {s['canvas_size']}x{s['canvas_size']} canvases, "
             f"{s['glimpses']} glimpses, seeds {', '.join(map(str, seeds))}; "
-            f"{_validation(s)}."
+            f"{_validation(s)}.{cut}"
             " Figures are means over seeds with 95% Student-t intervals [lo, hi]; "
             "differences use Welch's interval, ratios Welch's on the log scale; * marks an "
             "interval that excludes no difference.", ""]

@@ -76,9 +76,10 @@ def _tail(points: list[tuple[int, float]], n: int) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def summarise(run: RunDir) -> dict[str, Any]:
-    """One run's figures from its metrics.jsonl and eval.json."""
-    rows = read_metrics(run.dir)
+def summarise(run: RunDir, max_step: int | None = None) -> dict[str, Any]:
+    """One run's figures from its metrics.jsonl (up to update ``max_step``: a common budget
+    for runs that went different lengths) and eval.json."""
+    rows = [r for r in read_metrics(run.dir) if max_step is None or r.get("step", 0) <= max_step]
     err = _values(rows, "train/error")
     sm = smooth(err, SMOOTH)
     seconds = {int(r["step"]): float(r["time"]) for r in rows if "time" in r}
@@ -106,13 +107,14 @@ def summarise(run: RunDir) -> dict[str, Any]:
     return out
 
 
-def choose_rates(runs: list[RunDir]) -> dict[str, dict[str, Any]]:
+def choose_rates(runs: list[RunDir], max_step: int | None = None) -> dict[str, dict[str, Any]]:
     """Each method's learning rate by rules (a) and (b) (module docstring), from its runs
-    without exploration heuristics; methods tried at one rate keep it."""
+    without exploration heuristics (up to update ``max_step``); methods tried at one rate
+    keep it."""
     summaries: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in runs:
         if not r.variant.endswith("+explore"):
-            summaries.setdefault((r.variant, r.lr), []).append(summarise(r))
+            summaries.setdefault((r.variant, r.lr), []).append(summarise(r, max_step))
     out: dict[str, dict[str, Any]] = {}
     for method in sorted({m for m, _ in summaries}):
         cands = {}
@@ -196,13 +198,14 @@ def _diff(iv: Interval) -> dict[str, Any]:
     return {**iv.to_dict(), "excludes_zero": iv.excludes_zero}
 
 
-def results(out_dir: Path) -> dict[str, Any]:
-    """Everything the tables and figures show, from the files."""
+def results(out_dir: Path, max_step: int | None = None) -> dict[str, Any]:
+    """Everything the tables and figures show, from the files (training curves up to update
+    ``max_step`` when given)."""
     runs = discover_runs(out_dir)
     if not runs:
         raise WsramError(f"{out_dir}: no runs to compare")
-    summaries = {r.folder: summarise(r) for r in runs}
-    chosen = choose_rates(runs)
+    summaries = {r.folder: summarise(r, max_step) for r in runs}
+    chosen = choose_rates(runs, max_step)
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in runs:
         groups.setdefault(r.variant, {}).setdefault(f"{r.lr:g}", []).append(summaries[r.folder])
@@ -226,6 +229,7 @@ def results(out_dir: Path) -> dict[str, Any]:
     return {
         "setup": {k: cfg.get(k) for k in ("samples", "steps", "batch_size", "canvas_size",
                                           "glimpses", "holdout_every", "device", "data_dir")},
+        "max_step": max_step,
         "rules": {"converged_below": CONVERGED_BELOW, "max_rise": MAX_RISE,
                   "final_points": FINAL_POINTS, "smooth": SMOOTH,
                   "interval": "95% Student-t across seeds; differences: Welch; ratios: "
@@ -237,13 +241,14 @@ def results(out_dir: Path) -> dict[str, Any]:
     }
 
 
-def write_results(out_dir: str | Path) -> dict[str, Any]:
-    """results.json, results.md and the figures, from the run folders' files alone."""
+def write_results(out_dir: str | Path, max_step: int | None = None) -> dict[str, Any]:
+    """results.json, results.md and the figures, from the run folders' files alone (training
+    curves cut at update ``max_step`` when given)."""
     from .plots import plot_comparison
     from .report import markdown
 
     out_dir = Path(out_dir)
-    res = results(out_dir)
+    res = results(out_dir, max_step)
     atomic_write_bytes(out_dir / "results.json",
                        lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
     atomic_write_bytes(out_dir / "results.md", lambda f: f.write(markdown(res).encode()))
