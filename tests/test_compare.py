@@ -79,5 +79,14 @@ def test_compare_over_seeds_and_rates_chooses_rates_and_trains_families(cli,
     assert {d["condition"] for d in res["differences"]} == {
         "each at its chosen rate", "both at lr 0.001", "both at lr 0.003"}
     assert (out / "figure_lr.png").read_bytes()[:4] == b"\x89PNG"
+    # A study's committed files hold no checkpoints: finished runs are left as they are.
+    before = {p: p.read_text() for p in out.glob("*/*/metrics.jsonl")}
+    for ckpt in out.glob("*/*/*.pt"):
+        ckpt.unlink()
+    code, _, err = cli("compare", "--out", str(out), "--steps", "6", *TINY, "--seeds", "0", "1",
+                       "--lrs", "0.001", "0.003", "--methods", "var+c", "wsram+q+c",
+                       "--at-chosen-rate", "var", "--no-explore")
+    assert code == 0, err
+    assert before == {p: p.read_text() for p in out.glob("*/*/metrics.jsonl")}
     code, _, err = cli("compare", "--out", str(out), "--methods", "cnn", *TINY)
     assert code == 2 and "unknown attention method 'cnn'" in err

@@ -111,8 +111,9 @@ def compare(base: ClassificationConfig, out_dir: str | Path, plan: Plan, jobs: i
     for run_dir in sorted(r.dir for r in discover_runs(out_dir)):
         _evaluate_if_stale(run_dir)
     shared = variance_at_shared_parameters(out_dir, rates)
-    atomic_write_bytes(out_dir / "variance_at_shared.json",
-                       lambda f: f.write((json.dumps(shared, indent=2) + "\n").encode()))
+    if shared:  # else the checkpoints are gone: keep what was measured with them
+        atomic_write_bytes(out_dir / "variance_at_shared.json",
+                           lambda f: f.write((json.dumps(shared, indent=2) + "\n").encode()))
     return write_results(out_dir)
 
 
@@ -138,14 +139,28 @@ def check_study(base: ClassificationConfig, out_dir: Path) -> None:
 
 def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs: int,
                progress: bool) -> None:
-    """Train (or resume) each run, ``jobs`` at a time in separate processes."""
+    """Train (or resume) each run, ``jobs`` at a time in separate processes; runs that
+    already reached their budget are left as they are (their checkpoints need not exist:
+    a study's committed files hold only config, metrics and eval)."""
     cfgs = {r.folder: r.config(base) for r in runs}
+    cfgs = {name: cfg for name, cfg in cfgs.items() if not _finished(cfg, out_dir / name)}
     if jobs <= 1:
         for name, cfg in cfgs.items():
             print(f"== {name}", file=sys.stderr, flush=True)
             train(cfg, out_dir / name, resume=_resumable(cfg, out_dir / name), progress=progress)
     else:
         _run_parallel(cfgs, out_dir, jobs)
+
+
+def _finished(cfg: ClassificationConfig, run_dir: Path) -> bool:
+    """Whether run_dir holds a run of this config that reached ``cfg.steps`` updates."""
+    from ..run_dir import read_metrics
+
+    if not (run_dir / "config.yaml").is_file():
+        return False
+    check_resume(cfg, run_dir)
+    steps = [r["step"] for r in read_metrics(run_dir) if "train/error" in r]
+    return bool(steps) and steps[-1] >= cfg.steps
 
 
 def _resumable(cfg: ClassificationConfig, run_dir: Path) -> bool:
@@ -158,9 +173,12 @@ def _resumable(cfg: ClassificationConfig, run_dir: Path) -> bool:
 
 
 def _evaluate_if_stale(run_dir: Path) -> None:
-    """Test errors of the run's last.pt, unless eval.json already holds them."""
+    """Test errors of the run's last.pt, unless eval.json already holds them (or the
+    checkpoint is gone and eval.json is what remains of it)."""
     from ..checkpoint import load
 
+    if not (run_dir / "last.pt").is_file() and (run_dir / "eval.json").is_file():
+        return
     try:
         ev = json.loads((run_dir / "eval.json").read_text())
         if ev.get("checkpoint") == "last.pt" and ev.get("step") == int(
@@ -190,8 +208,8 @@ def variance_at_shared_parameters(out_dir: Path, rates: dict[str, float],
     runs = discover_runs(out_dir)
     out = []
     for source in EXPLORED:
-        found = sorted((r for r in runs if r.variant == source and r.lr == rates.get(source)),
-                       key=lambda r: r.seed)
+        found = sorted((r for r in runs if r.variant == source and r.lr == rates.get(source)
+                        and (r.dir / "last.pt").is_file()), key=lambda r: r.seed)
         if not found:
             continue
         cfg, task, model, state = load_run(found[0].dir, task="classification")
