@@ -145,24 +145,38 @@ def positive(name: str, value: int | None) -> None:
         raise WsramError(f"--{name}: must be at least 1, got {value}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    """``wsram train`` and ``wsram caption train``: the last metrics line, printed by rank 0."""
+#: exit status of a run stopped before its end by SIGINT, SIGTERM, SIGHUP or a closed
+#: stdout/stderr, after checkpointing the current update (README, "Exit status")
+EXIT_STOPPED = 130
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``wsram train`` and ``wsram caption train``: rank 0 prints the last metrics line
+    (JSON, stdout) and a summary for people (stderr)."""
     import os
 
+    from .summary import end_of_run
+    from .tasks import TASKS
     from .train import train
 
     cfg = config_from_args(args, args.config_class)
     row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.no_progress)
+    code = 0 if row["stopped_by"] in ("finished", "time limit") else EXIT_STOPPED
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
-        return
+        return code
     if "step" in row:
         print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
-    elif cfg.steps == 0 and not args.resume:
+    elif code == 0 and cfg.steps == 0 and not args.resume:
         print(f"{args.run_dir}: prepared; no updates asked for (--steps 0)")
-    else:
+        return code
+    elif code == 0 and row["last_step"] >= cfg.steps:
         print(f"{args.run_dir}: already at {cfg.steps} updates; nothing to train "
               "(raise --steps to continue)")
+        return code
+    sys.stdout.flush()
+    print(end_of_run(row, cfg, args.run_dir, TASKS[cfg.TASK].command), file=sys.stderr)
+    return code
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -244,11 +258,13 @@ def cmd_caption_plot(args: argparse.Namespace) -> None:
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand it names; 0 on success."""
     args = build_parser().parse_args(argv)
-    args.func(args)
-    return 0
+    return args.func(args) or 0
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .output import guard_std_streams, unguard_std_streams
+
+    guard_std_streams()  # a closed pipe or terminal must not turn into a traceback
     try:
         code = run(argv)
     except WsramError as e:
@@ -261,6 +277,10 @@ def main(argv: list[str] | None = None) -> None:
         where = f"{e.filename}: " if e.filename else ""
         print(f"wsram: error: {where}{e.strerror or e}", file=sys.stderr)
         code = 2
+    finally:
+        sys.stdout.flush()  # still guarded: a reader gone by now costs nothing
+        sys.stderr.flush()
+        unguard_std_streams()
     sys.exit(code)
 
 

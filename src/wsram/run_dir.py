@@ -34,8 +34,13 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
                                  "reads; copy it elsewhere first")
     if resume:
         if not (run_dir / "last.pt").is_file():
-            raise WsramError(f"{run_dir}: nothing to resume (no last.pt)")
+            raise WsramError(f"{run_dir}: nothing to resume (no last.pt); train without "
+                             "--resume to start it")
     elif existing and not overwrite:
+        if not (run_dir / "last.pt").is_file():
+            raise WsramError(f"{run_dir}: holds a run that stopped before its first checkpoint "
+                             f"({', '.join(existing)}); --resume starts it afresh, "
+                             "--overwrite replaces it")
         raise WsramError(f"{run_dir}: already holds a run ({', '.join(existing)}); "
                          "use --resume to continue it or --overwrite to replace it")
     try:
@@ -47,13 +52,19 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
         raise WsramError(f"{run_dir}: cannot write to the run folder ({e.strerror})") from None
 
 
-def clean_run_dir(run_dir: Path, overwrite: bool) -> None:
+#: what a run that stopped before its first checkpoint leaves that a fresh start replaces
+PARTIAL_FILES = ("metrics.jsonl", "tb", "best.pt")
+
+
+def clean_run_dir(run_dir: Path, overwrite: bool, partial: bool = False) -> None:
     """Holding the lock: sweep temporary files a killed process left (SIGKILL, power loss:
-    the file it was replacing is intact), and with ``overwrite`` delete the old run."""
+    the file it was replacing is intact); with ``overwrite`` delete the old run, with
+    ``partial`` the logs of one that never reached a checkpoint (a pretrained encoder
+    stays)."""
     for stale in run_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
-    if overwrite:
-        for f in RUN_FILES:
+    if overwrite or partial:
+        for f in RUN_FILES if overwrite else PARTIAL_FILES:
             if (run_dir / f).is_dir():
                 shutil.rmtree(run_dir / f, ignore_errors=True)
             else:
