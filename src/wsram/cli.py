@@ -51,9 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="test errors of a run (writes RUN/eval.json)")
     e.set_defaults(func=cmd_evaluate)
     e.add_argument("run_dir")
-    e.add_argument("--checkpoint", choices=["last", "best"], default="last")
-    e.add_argument("--samples", type=int, help="M, trajectories averaged (default: the run's)")
-    e.add_argument("--test-size", type=int, help="test canvases (default: the run's test set)")
+    e.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                   help="which checkpoint: last.pt (the latest update) or best.pt (the best "
+                   "validation error) (default: last)")
+    e.add_argument("--samples", type=int, metavar="M",
+                   help="M, trajectories averaged (default: the run's)")
+    e.add_argument("--test-size", type=int, metavar="N",
+                   help="test canvases (default: the run's test set)")
+    e.add_argument("--out", metavar="FILE.json",
+                   help="write the results here instead of RUN/eval.json")
 
     s = sub.add_parser("show", help="PNG of test canvases with the glimpses drawn on them")
     s.set_defaults(func=cmd_show)
@@ -180,12 +186,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .classification.evaluate import evaluate_run, format_result
+    from .checkpoint import writable_output
+    from .classification.evaluate import evaluate_run, format_result, write_result
 
     positive("samples", args.samples)
     positive("test-size", args.test_size)
-    res = evaluate_run(args.run_dir, args.checkpoint, args.samples, args.test_size)
-    print(format_result(args.run_dir, res))
+    out = writable_output(args.out, (".json",)) if args.out else Path(args.run_dir) / "eval.json"
+    res = evaluate_run(args.run_dir, args.checkpoint, args.samples, args.test_size, write=False)
+    print(format_result(args.run_dir, res), flush=True)  # the results first, whatever follows
+    try:
+        write_result(res, out)
+    except OSError as e:
+        raise WsramError(f"{out}: cannot write the results above ({e.strerror or e}); "
+                         "--out FILE writes them elsewhere") from None
+    print(f"  written to {out}")
 
 
 def cmd_show(args: argparse.Namespace) -> None:
@@ -218,12 +232,30 @@ def cmd_compare(args: argparse.Namespace) -> None:
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise WsramError(f"{args.out}: exists and is not a folder")
         positive("jobs", args.jobs)
+        refuse_variant_keys(args)
         compare(config_from_args(args, ClassificationConfig), args.out,
                 default_variants(explore=not args.no_explore), jobs=args.jobs,
                 progress=not args.no_progress)
         out = Path(args.out)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, {out / 'results.json'} and figures in {out}")
+
+
+def refuse_variant_keys(args: argparse.Namespace) -> None:
+    """``wsram compare`` sets the method (and, for the exploration study, the heuristics)
+    of each variant itself: a value given for them would be silently ignored, so refuse."""
+    from .classification.compare import EXPLORE
+
+    own = {"method"} | (set() if args.no_explore else set(EXPLORE))
+    given = {k[4:] for k in vars(args) if k.startswith("cfg.")}
+    if args.config:
+        given |= {str(k).replace("-", "_") for k in load_yaml(args.config)}
+    clash = sorted(own & given)
+    if clash:
+        extra = "" if clash == ["method"] else " (or add --no-explore)"
+        raise WsramError(f"compare: sets {', '.join(clash)} itself for each variant; remove "
+                         f"{', '.join('--' + k.replace('_', '-') for k in clash)} from the "
+                         f"flags and the config file{extra}")
 
 
 def cmd_caption_evaluate(args: argparse.Namespace) -> None:
