@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -18,22 +19,54 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
+#: the values of config keys that take one of a few words
+_WORDS = {"method": "METHOD", "precision": "fp32|bf16", "device": "cpu|cuda|cuda:N",
+          "dataset": "scenes|karpathy", "q_word": "current|preceding",
+          "encoder": "digits|resnet18|resnet34|resnet50"}
+
+
+def _metavar(name: str, hint: Any) -> str:
+    """What a config key's value is, for ``--help``: N, X, true|false, PATH, the words."""
+    if name in _WORDS:
+        return _WORDS[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args and typing.get_origin(hint) is not list else hint
+    if typing.get_origin(base) is list:
+        return "X"
+    return {bool: "true|false", int: "N", float: "X"}.get(base, "PATH")
+
+
+def _shown(value: Any) -> str:
+    """A default as it would be typed: true/false, none, 0.001, wsram+q+c."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
 def _add_config_options(p: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
     g = p.add_argument_group("configuration (any key of the config file)")
     notes = field_help(cls)
+    hints = typing.get_type_hints(cls)
     for f in fields(cls):
         note = notes.get(f.name, "").replace("%", "%%")
-        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg.{f.name}", metavar="V",
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg.{f.name}",
+                       metavar=_metavar(f.name, hints[f.name]),
                        default=argparse.SUPPRESS, nargs="+" if f.name == "scales" else None,
-                       help=f"{note} (default: {getattr(cls(), f.name)!r})".lstrip())
+                       help=f"{note} (default: {_shown(getattr(cls(), f.name))})".lstrip())
 
 
 def _add_train_parser(sub: Any, help: str, cls: type[TrainConfig]) -> None:
     t = sub.add_parser("train", help=help)
     t.set_defaults(func=cmd_train, config_class=cls)
-    t.add_argument("--run-dir", required=True, help="folder for config, metrics, checkpoints")
-    t.add_argument("--config", help="YAML file of config keys (flags override it)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    t.add_argument("--run-dir", required=True, metavar="DIR",
+                   help="folder for config, metrics, checkpoints")
+    t.add_argument("--config", metavar="FILE.yaml",
+                   help="YAML file of config keys (flags override it)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir (one with no checkpoint yet starts "
+                   "afresh)")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_options(t, cls)
@@ -42,6 +75,9 @@ def _add_train_parser(sub: Any, help: str, cls: type[TrainConfig]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="wsram", description=(
         "Train, evaluate and inspect stochastic hard-attention models (WS-RAM, VAR, VIMCO)."))
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"wsram {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     from .classification.config import ClassificationConfig
@@ -64,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="PNG of test canvases with the glimpses drawn on them")
     s.set_defaults(func=cmd_show)
     s.add_argument("run_dir")
-    s.add_argument("--out", help="PNG path (default RUN/glimpses.png)")
-    s.add_argument("--num", type=int, default=12, help="canvases to draw")
+    s.add_argument("--out", metavar="FILE.png", help="PNG path (default RUN/glimpses.png)")
+    s.add_argument("--num", type=int, default=12, metavar="N", help="canvases to draw")
     s.add_argument("--sampled", action="store_true",
                    help="draw one sampled trajectory instead of the deterministic policy")
     s.add_argument("--checkpoint", choices=["last", "best"], default="last")
