@@ -54,7 +54,9 @@ def _resumable(cfg: ClassificationConfig, run_dir: Path) -> bool:
 
 def _run_one(cfg: ClassificationConfig, run_dir: Path, progress: bool) -> None:
     """Train one variant, resuming it if an earlier compare was interrupted."""
-    train(cfg, run_dir, resume=_resumable(cfg, run_dir), progress=progress)
+    row = train(cfg, run_dir, resume=_resumable(cfg, run_dir), progress=progress)
+    if row["stopped_by"] not in ("finished", "time limit"):  # a signal stops them all
+        raise KeyboardInterrupt
 
 
 def compare(base: ClassificationConfig, out_dir: str | Path, variants: list[Variant] | None = None,
