@@ -310,6 +310,16 @@ def test_caption_train_evaluate_show_plot(cli, tmp_path: Path, encoder_file: Pat
     assert res["bleu4"] == res["beam"]["bleu4"] and res["beam_size"] == 2
     caps = json.loads((run / "captions.json").read_text())
     assert caps["split"] == "test" and len(caps["captions"]) == 10
+    # A folder it cannot write to is reported after the scores, not instead of them.
+    from wsram.captioning import evaluate as cap_eval
+
+    def refuse(*a):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cap_eval, "write_caption_result", refuse)
+    code, out, err = cli("caption", "evaluate", str(run), "--size", "2")
+    assert code == 2 and "BLEU-4" in out and "cannot write eval.json" in err
+    monkeypatch.undo()
 
     from wsram.captioning import plots
 

@@ -295,13 +295,21 @@ def refuse_variant_keys(args: argparse.Namespace) -> None:
 
 
 def cmd_caption_evaluate(args: argparse.Namespace) -> None:
-    from .captioning.evaluate import evaluate_caption_run, format_result
+    from .captioning.evaluate import evaluate_caption_run, format_result, write_caption_result
 
     positive("beam-size", args.beam_size)
     positive("size", args.size)
     res = evaluate_caption_run(args.run_dir, args.checkpoint, args.split, args.beam_size,
-                               args.size)
-    print(format_result(args.run_dir, res))
+                               args.size, write=False)
+    captions = res.pop("captions")
+    print(format_result(args.run_dir, res), flush=True)  # the results first, whatever follows
+    run = Path(args.run_dir)
+    try:
+        write_caption_result(res, captions, run)
+    except OSError as e:
+        raise WsramError(f"{run}: cannot write eval.json and captions.json for the results "
+                         f"above ({e.strerror or e})") from None
+    print(f"  written to {run / 'eval.json'} and {run / 'captions.json'}")
 
 
 def cmd_caption_show(args: argparse.Namespace) -> None:
