@@ -440,23 +440,30 @@ def run_training(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
                 reason = stop.reason
             else:
                 reason = "time limit" if time.perf_counter() >= deadline else "another process"
+            bar.close()
+            if main:  # still under StopRequest: a second Ctrl-C cannot cut the last save
+                finish(state, run_dir, log, reason, start_step, last_row)
     finally:
         bar.close()
-    if main:
-        # A finished or time-limited run ends evaluated (not again on a no-op resume, nor
-        # twice at one update); one stopped by a signal only saves, and quickly.
-        if reason in ("finished", "time limit") and start_step < state.step \
-                and state.evaluated_at != state.step:
-            evaluate_and_keep_best(state, run_dir, log)
-        if state.last_eval:  # the latest evaluation of this process, for the summary
-            last_row.update({f"eval/{k}": v for k, v in state.last_eval.items()},
-                            eval_step=state.evaluated_at)
-        state.save(run_dir / "last.pt")
-        log.close()
     last_row["stopped_early"] = state.step < cfg.steps
     last_row.update({"stopped_by": reason, "last_step": state.step,
                      "best_step": state.best_step, "best_on": f"eval/{state.task.select_key}"})
     return last_row
+
+
+def finish(state: TrainState, run_dir: Path, log: RunLog, reason: str, start_step: int,
+           last_row: dict[str, Any]) -> None:
+    """Rank 0's end of a run: a finished or time-limited run ends evaluated (not again on
+    a no-op resume, nor twice at one update), one stopped by a signal only saves, and
+    quickly; then last.pt, and the latest evaluation into ``last_row`` for the summary."""
+    if reason in ("finished", "time limit") and start_step < state.step \
+            and state.evaluated_at != state.step:
+        evaluate_and_keep_best(state, run_dir, log)
+    if state.last_eval:
+        last_row.update({f"eval/{k}": v for k, v in state.last_eval.items()},
+                        eval_step=state.evaluated_at)
+    state.save(run_dir / "last.pt")
+    log.close()
 
 
 def _tensorboard(path: Path, step: int):
