@@ -152,6 +152,19 @@ def test_failed_starts_leave_no_folder(cli, tmp_path: Path, monkeypatch) -> None
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     code, _, err = cli("train", "--run-dir", str(tmp_path / "mine"), "--device", "cuda", *FLAGS)
     assert code == 2 and os.listdir(tmp_path / "mine") == ["notes.txt"]
+    # SIGTERM or SIGHUP while it sets up ends it as Ctrl-C does, and cleans up as well.
+    from wsram import train as train_module
+
+    def hang_up(*a):
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(1)  # the handler runs here
+        raise AssertionError("SIGHUP did not stop the start")
+
+    monkeypatch.setattr(train_module, "setup_device", hang_up)
+    handler = signal.getsignal(signal.SIGHUP)
+    code, _, err = cli("train", "--run-dir", str(tmp_path / "c" / "d"), *FLAGS)
+    assert code == 130 and "interrupted" in err and not (tmp_path / "c").exists()
+    assert signal.getsignal(signal.SIGHUP) == handler  # as it was before the run
 
 
 def test_a_folder_without_checkpoint_resumes_afresh(cli, tmp_path: Path) -> None:

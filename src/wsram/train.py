@@ -55,6 +55,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
                                               resume, False, ddp)
         before = _entries(run_dir)
         try:
+            old = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
             afresh = resume and not (run_dir / "last.pt").is_file() and (
                 run_dir / "config.yaml").is_file()
             if afresh:  # it stopped before its first checkpoint: nothing to continue
@@ -73,8 +74,31 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
             ddp.announce(False)  # if rank 0 failed before training began, the others stop too
             remove_failed_start(run_dir, before)
             raise
+        finally:
+            _restore(old)
     finally:
         ddp.close()
+
+
+def _interrupt_on(*signals: signal.Signals) -> dict[int, Any]:
+    """Until the loop's own handler takes over, these signals end a start as Ctrl-C does
+    (KeyboardInterrupt), so that it removes what it created; returns the old handlers."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = {}
+    for sig in signals:
+        try:
+            old[sig] = signal.signal(sig, interrupt)
+        except ValueError:  # not the main thread
+            pass
+    return old
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def _entries(run_dir: Path) -> set[str] | Path:
