@@ -89,6 +89,8 @@ def _interrupt_on(*signals: signal.Signals) -> dict[int, Any]:
 
     old = {}
     for sig in signals:
+        if signal.getsignal(sig) is signal.SIG_IGN:  # nohup: the user wants it ignored
+            continue
         try:
             old[sig] = signal.signal(sig, interrupt)
         except ValueError:  # not the main thread
@@ -304,6 +306,8 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_IGN:  # nohup: the user wants it ignored
+                continue
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
