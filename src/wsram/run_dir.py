@@ -71,6 +71,49 @@ def clean_run_dir(run_dir: Path, overwrite: bool, partial: bool = False) -> None
                 (run_dir / f).unlink(missing_ok=True)
 
 
+def entries_before_start(run_dir: Path) -> set[str] | Path:
+    """The names in ``run_dir``; if it does not exist, the outermost of it and its parents
+    that does not (what creating it will create)."""
+    if run_dir.is_dir():
+        return set(os.listdir(run_dir))
+    top = run_dir.absolute()
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top
+
+
+#: what a start that failed before its first checkpoint may have written
+START_FILES = {".lock", ".write-test", "config.yaml", "metrics.jsonl", "tb"}
+
+
+def remove_failed_start(run_dir: Path, before: set[str] | Path) -> None:
+    """After a start that failed before any checkpoint: remove what it created (the
+    folder itself, if it made it), so that the same command can simply be run again.
+    Anything else (a pretrained encoder.pt, a best.pt) is kept, and ``--resume`` starts
+    such a folder afresh."""
+    if not run_dir.is_dir() or (run_dir / "last.pt").exists():
+        return
+    ours = set(os.listdir(run_dir)) - (before if isinstance(before, set) else set())
+    if not ours <= START_FILES | {p.name for p in run_dir.glob(".*.tmp")}:
+        return
+    for name in ours:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if isinstance(before, Path):  # the folders this start created, innermost first
+        folder = run_dir.absolute()
+        try:
+            while True:
+                folder.rmdir()
+                if folder == before:
+                    break
+                folder = folder.parent
+        except OSError:  # something else is in it by now: leave it
+            pass
+
+
 def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
     """Refuse to continue a run with a config that would make it another run: only how
     long, where and how verbosely it runs may change (TrainConfig.RESUMABLE_KEYS)."""

@@ -8,13 +8,14 @@ diagnostics, evaluation and checkpoints; at the end a final evaluation and check
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ from .run_dir import (
     RunLock,
     check_resume,
     clean_run_dir,
+    entries_before_start,
     prepare_run_dir,
+    remove_failed_start,
     save_config,
     truncate_metrics,
 )
@@ -51,9 +54,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
     ddp = distributed.from_env(cfg.device)
     try:
         if not ddp.is_main:
-            return _out_of_memory_is_one_line(cfg, run_dir, run_training, cfg, run_dir,
-                                              resume, False, ddp)
-        before = _entries(run_dir)
+            with out_of_memory_is_one_line(cfg, run_dir):
+                return run_training(cfg, run_dir, resume, False, ddp)
+        before = entries_before_start(run_dir)
         try:
             old = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
             afresh = resume and not (run_dir / "last.pt").is_file() and (
@@ -68,8 +71,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
             with RunLock(run_dir):
                 clean_run_dir(run_dir, overwrite and not resume and not afresh,
                               partial=afresh)
-                return _out_of_memory_is_one_line(cfg, run_dir, run_training, cfg, run_dir,
-                                                  resume, progress, ddp)
+                with out_of_memory_is_one_line(cfg, run_dir):
+                    return run_training(cfg, run_dir, resume, progress, ddp)
         except BaseException:
             ddp.announce(False)  # if rank 0 failed before training began, the others stop too
             remove_failed_start(run_dir, before)
@@ -103,54 +106,13 @@ def _restore(handlers: dict[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
-def _entries(run_dir: Path) -> set[str] | Path:
-    """The names in ``run_dir``; if it does not exist, the outermost of it and its parents
-    that does not (what creating it will create)."""
-    if run_dir.is_dir():
-        return set(os.listdir(run_dir))
-    top = run_dir.absolute()
-    while not top.parent.exists() and top.parent != top:
-        top = top.parent
-    return top
-
-
-#: what a start that failed before its first checkpoint may have written
-_START_FILES = {".lock", ".write-test", "config.yaml", "metrics.jsonl", "tb"}
-
-
-def remove_failed_start(run_dir: Path, before: set[str] | Path) -> None:
-    """After a start that failed before any checkpoint: remove what it created (the
-    folder itself, if it made it), so that the same command can simply be run again.
-    Anything else (a pretrained encoder.pt, a best.pt) is kept, and ``--resume`` starts
-    such a folder afresh."""
-    if not run_dir.is_dir() or (run_dir / "last.pt").exists():
-        return
-    ours = set(os.listdir(run_dir)) - (before if isinstance(before, set) else set())
-    if not ours <= _START_FILES | {p.name for p in run_dir.glob(".*.tmp")}:
-        return
-    for name in ours:
-        path = run_dir / name
-        if path.is_dir():
-            import shutil
-
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    if isinstance(before, Path):  # the folders this start created, innermost first
-        folder = run_dir.absolute()
-        try:
-            while True:
-                folder.rmdir()
-                if folder == before:
-                    break
-                folder = folder.parent
-        except OSError:  # something else is in it by now: leave it
-            pass
+#: CUDA's allocation error (``torch.OutOfMemoryError`` from torch 2.5 on)
+_CUDA_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
     text = str(e)
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and any(
+    return isinstance(e, _CUDA_OOM) or (isinstance(e, RuntimeError) and any(
         s in text for s in ("out of memory", "can't allocate memory", "not enough memory")))
 
 
@@ -163,7 +125,7 @@ def out_of_memory_message(e: BaseException, cfg: TrainConfig, run_dir: Path) -> 
     else:
         found = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]?i?B)", text)
         size = found.group(1) if found else "more than is free"
-    where = "GPU" if isinstance(e, torch.OutOfMemoryError) or "CUDA" in text else "memory"
+    where = "GPU" if isinstance(e, _CUDA_OOM) or "CUDA" in text else "memory"
     kept = (f"{run_dir / 'last.pt'} is as it was" if (run_dir / "last.pt").is_file()
             else "nothing was saved")
     return (f"out of {where}: asked for {size} at batch size {cfg.batch_size} x "
@@ -172,9 +134,11 @@ def out_of_memory_message(e: BaseException, cfg: TrainConfig, run_dir: Path) -> 
             f"(or --eval-size); {kept}")
 
 
-def _out_of_memory_is_one_line(cfg: TrainConfig, run_dir: Path, fn: Any, *args: Any) -> Any:
+@contextlib.contextmanager
+def out_of_memory_is_one_line(cfg: TrainConfig, run_dir: Path) -> Iterator[None]:
+    """Turn a failed allocation (CPU or CUDA) into a WsramError of one line."""
     try:
-        return fn(*args)
+        yield
     except (RuntimeError, MemoryError) as e:
         if not (_is_out_of_memory(e) or isinstance(e, MemoryError)):
             raise
