@@ -3,7 +3,9 @@
 Read top to bottom: :func:`train` checks and locks the run folder (rank 0), then
 :func:`run_training` sets up (device, task, model, :class:`~wsram.engine.Engine`), restores
 a :class:`TrainState` on resume, and loops: one update (``engine.py``), the log window,
-diagnostics, evaluation and checkpoints; at the end a final evaluation and checkpoint.
+diagnostics, evaluation and checkpoints; at the end (all updates done, or the time limit)
+a final evaluation, and in every case a checkpoint. SIGINT, SIGTERM, SIGHUP and a closed
+stdout/stderr (:class:`StopRequest`) end the loop after the update in progress.
 """
 
 from __future__ import annotations
