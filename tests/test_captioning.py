@@ -4,6 +4,7 @@ commands end to end (data and metrics are in test_captioning_data.py)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -283,7 +284,8 @@ def encoder_file(tmp_path_factory) -> Path:
     return run / "encoder.pt"
 
 
-def test_caption_train_evaluate_show_plot(cli, tmp_path: Path, encoder_file: Path) -> None:
+def test_caption_train_evaluate_show_plot(cli, tmp_path: Path, encoder_file: Path,
+                                          monkeypatch) -> None:
     run = tmp_path / "run"
     code, out, err = cli("caption", "train", "--run-dir", str(run), "--steps", "16",
                          "--encoder-weights", str(encoder_file),
@@ -308,9 +310,33 @@ def test_caption_train_evaluate_show_plot(cli, tmp_path: Path, encoder_file: Pat
     assert res["bleu4"] == res["beam"]["bleu4"] and res["beam_size"] == 2
     caps = json.loads((run / "captions.json").read_text())
     assert caps["split"] == "test" and len(caps["captions"]) == 10
+    # A folder it cannot write to is reported after the scores, not instead of them.
+    from wsram.captioning import evaluate as cap_eval
 
+    def refuse(*a):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cap_eval, "write_caption_result", refuse)
+    code, out, err = cli("caption", "evaluate", str(run), "--size", "2")
+    assert code == 2 and "BLEU-4" in out and "cannot write eval.json" in err
+    monkeypatch.undo()
+
+    from wsram.captioning import plots
+
+    texts: list[str] = []
+    close = plots.plt.close
+
+    def read_then_close(fig):  # every text a figure shows, before it goes
+        texts.extend(t.get_text() for t in fig.findobj(plots.plt.Text))
+        close(fig)
+
+    monkeypatch.setattr(plots.plt, "close", read_then_close)
     code, out, err = cli("caption", "show", str(run), "--num", "2")
     assert code == 0, err
+    refs = caps["captions"][0]["references"]
+    assert any(t.startswith("references:") and refs[0] in t for t in texts)
+    assert any(re.search(r"layer \d \(\d+x\d+\)", t) for t in texts)
+    assert plots.is_clipped(2, 2, 8, 64, 64) and not plots.is_clipped(32, 32, 8, 64, 64)
     pngs = sorted((run / "show").glob("*.png"))
     assert [p.name for p in pngs] == ["test-0000.png", "test-0001.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -50,61 +46,7 @@ def test_same_seed_same_metrics(tmp_path: Path) -> None:
     assert a == b and a != c
 
 
-def _train_cmd(run: Path, steps: int, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "wsram", "train", "--run-dir", str(run), "--steps", str(steps),
-           "--no-progress"]
-    if resume:
-        return cmd + ["--resume"]
-    for k, v in TINY.items():
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
-    return cmd
-
-
-def _last_step(run: Path) -> int:
-    rows = read_metrics(run)
-    return max((r["step"] for r in rows), default=0)
-
-
-def test_sigkill_at_several_points_then_resume_is_bit_exact(tmp_path: Path) -> None:
-    # Checkpoints (every 4) fall inside log windows (every 3): the open window is restored.
-    steps = 40
-    ref = tmp_path / "ref"
-    subprocess.run(_train_cmd(ref, steps, False), check=True, capture_output=True, timeout=300)
-
-    run = tmp_path / "killed"
-    kills = 0
-    for target in (6, 17, 29):
-        proc = subprocess.Popen(_train_cmd(run, steps, kills > 0), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while _last_step(run) < target and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-        assert (run / "last.pt").is_file()
-    assert kills >= 2, "training finished before it could be killed"
-    subprocess.run(_train_cmd(run, steps, True), check=True, capture_output=True, timeout=300)
-
-    a, b = final_state(ref), final_state(run)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert without_time(read_metrics(ref)) == without_time(read_metrics(run))
-    assert not list(run.glob(".*.tmp")), "a temporary checkpoint file was left behind"
-
-
-def test_sigterm_checkpoints_and_stops(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(run, 100000, False), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    deadline = time.time() + 120
-    while _last_step(run) < 5 and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0
-    saved = torch.load(run / "last.pt", weights_only=True)["step"]
-    assert saved >= 5 and json.loads(out.strip().splitlines()[-1])["stopped_early"] is True
+# Signals, closed pipes and SIGKILL, each followed by a bit-exact resume: test_interrupts.py
 
 
 def _nan_on(bad_steps: set[int] | None, from_step: int | None = None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -68,15 +69,25 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
 def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0] if str(e) else "unpickling refused"
-        raise CheckpointError(
-            f"{path}: refused: it holds objects other than tensors and plain data ({first})"
-        ) from None
+        raise CheckpointError(f"{path}: {_refusal(str(e))}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: truncated or not a checkpoint ({str(e)[:80]})") from None
+        detail = str(e).splitlines()[0][:80] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: truncated or not a checkpoint ({detail})") from None
+
+
+def _refusal(message: str) -> str:
+    """Why a weights-only load refused a file, in our words: PyTorch's own message advises
+    loading it unsafely (``weights_only=False``), which must never be done with it."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return ("refused: it holds objects other than tensors and plain data (it names "
+                f"{found.group(1)}); it is never loaded in a way that could run code")
+    return "not a checkpoint (not a file PyTorch wrote: unreadable content)"
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

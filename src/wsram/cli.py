@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -18,22 +19,54 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
+#: the values of config keys that take one of a few words
+_WORDS = {"method": "METHOD", "precision": "fp32|bf16", "device": "cpu|cuda|cuda:N",
+          "dataset": "scenes|karpathy", "q_word": "current|preceding",
+          "encoder": "digits|resnet18|resnet34|resnet50"}
+
+
+def _metavar(name: str, hint: Any) -> str:
+    """What a config key's value is, for ``--help``: N, X, true|false, PATH, the words."""
+    if name in _WORDS:
+        return _WORDS[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args and typing.get_origin(hint) is not list else hint
+    if typing.get_origin(base) is list:
+        return "X"
+    return {bool: "true|false", int: "N", float: "X"}.get(base, "PATH")
+
+
+def _shown(value: Any) -> str:
+    """A default as it would be typed: true/false, none, 0.001, wsram+q+c."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
 def _add_config_options(p: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
     g = p.add_argument_group("configuration (any key of the config file)")
     notes = field_help(cls)
+    hints = typing.get_type_hints(cls)
     for f in fields(cls):
         note = notes.get(f.name, "").replace("%", "%%")
-        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg.{f.name}", metavar="V",
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg.{f.name}",
+                       metavar=_metavar(f.name, hints[f.name]),
                        default=argparse.SUPPRESS, nargs="+" if f.name == "scales" else None,
-                       help=f"{note} (default: {getattr(cls(), f.name)!r})".lstrip())
+                       help=f"{note} (default: {_shown(getattr(cls(), f.name))})".lstrip())
 
 
 def _add_train_parser(sub: Any, help: str, cls: type[TrainConfig]) -> None:
     t = sub.add_parser("train", help=help)
     t.set_defaults(func=cmd_train, config_class=cls)
-    t.add_argument("--run-dir", required=True, help="folder for config, metrics, checkpoints")
-    t.add_argument("--config", help="YAML file of config keys (flags override it)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    t.add_argument("--run-dir", required=True, metavar="DIR",
+                   help="folder for config, metrics, checkpoints")
+    t.add_argument("--config", metavar="FILE.yaml",
+                   help="YAML file of config keys (flags override it)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir (one with no checkpoint yet starts "
+                   "afresh)")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_options(t, cls)
@@ -42,6 +75,9 @@ def _add_train_parser(sub: Any, help: str, cls: type[TrainConfig]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="wsram", description=(
         "Train, evaluate and inspect stochastic hard-attention models (WS-RAM, VAR, VIMCO)."))
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"wsram {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     from .classification.config import ClassificationConfig
@@ -51,15 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="test errors of a run (writes RUN/eval.json)")
     e.set_defaults(func=cmd_evaluate)
     e.add_argument("run_dir")
-    e.add_argument("--checkpoint", choices=["last", "best"], default="last")
-    e.add_argument("--samples", type=int, help="M, trajectories averaged (default: the run's)")
-    e.add_argument("--test-size", type=int, help="test canvases (default: the run's test set)")
+    e.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                   help="which checkpoint: last.pt (the latest update) or best.pt (the best "
+                   "validation error) (default: last)")
+    e.add_argument("--samples", type=int, metavar="M",
+                   help="M, trajectories averaged (default: the run's)")
+    e.add_argument("--test-size", type=int, metavar="N",
+                   help="test canvases (default: the run's test set)")
+    e.add_argument("--out", metavar="FILE.json",
+                   help="write the results here instead of RUN/eval.json")
 
     s = sub.add_parser("show", help="PNG of test canvases with the glimpses drawn on them")
     s.set_defaults(func=cmd_show)
     s.add_argument("run_dir")
-    s.add_argument("--out", help="PNG path (default RUN/glimpses.png)")
-    s.add_argument("--num", type=int, default=12, help="canvases to draw")
+    s.add_argument("--out", metavar="FILE.png", help="PNG path (default RUN/glimpses.png)")
+    s.add_argument("--num", type=int, default=12, metavar="N", help="canvases to draw")
     s.add_argument("--sampled", action="store_true",
                    help="draw one sampled trajectory instead of the deterministic policy")
     s.add_argument("--checkpoint", choices=["last", "best"], default="last")
@@ -157,33 +199,55 @@ def positive(name: str, value: int | None) -> None:
         raise WsramError(f"--{name}: must be at least 1, got {value}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    """``wsram train`` and ``wsram caption train``: the last metrics line, printed by rank 0."""
+#: exit status of a run stopped before its end by SIGINT, SIGTERM, SIGHUP or a closed
+#: stdout/stderr, after checkpointing the current update (README, "Exit status")
+EXIT_STOPPED = 130
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``wsram train`` and ``wsram caption train``: rank 0 prints the last metrics line
+    (JSON, stdout) and a summary for people (stderr)."""
     import os
 
+    from .summary import end_of_run
+    from .tasks import TASKS
     from .train import train
 
     cfg = config_from_args(args, args.config_class)
     row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.no_progress)
+    code = 0 if row["stopped_by"] in ("finished", "time limit") else EXIT_STOPPED
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
-        return
+        return code
     if "step" in row:
         print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
-    elif cfg.steps == 0 and not args.resume:
+    elif code == 0 and cfg.steps == 0 and not args.resume:
         print(f"{args.run_dir}: prepared; no updates asked for (--steps 0)")
-    else:
+        return code
+    elif code == 0 and row["last_step"] >= cfg.steps:
         print(f"{args.run_dir}: already at {cfg.steps} updates; nothing to train "
               "(raise --steps to continue)")
+        return code
+    sys.stdout.flush()
+    print(end_of_run(row, cfg, args.run_dir, TASKS[cfg.TASK].command), file=sys.stderr)
+    return code
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .classification.evaluate import evaluate_run, format_result
+    from .checkpoint import writable_output
+    from .classification.evaluate import evaluate_run, format_result, write_result
 
     positive("samples", args.samples)
     positive("test-size", args.test_size)
-    res = evaluate_run(args.run_dir, args.checkpoint, args.samples, args.test_size)
-    print(format_result(args.run_dir, res))
+    out = writable_output(args.out, (".json",)) if args.out else Path(args.run_dir) / "eval.json"
+    res = evaluate_run(args.run_dir, args.checkpoint, args.samples, args.test_size, write=False)
+    print(format_result(args.run_dir, res), flush=True)  # the results first, whatever follows
+    try:
+        write_result(res, out)
+    except OSError as e:
+        raise WsramError(f"{out}: cannot write the results above ({e.strerror or e}); "
+                         "--out FILE writes them elsewhere") from None
+    print(f"  written to {out}")
 
 
 def cmd_show(args: argparse.Namespace) -> None:
@@ -225,6 +289,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
                                  + ", ".join(n for n in METHODS if METHODS[n].attends))
         if args.lrs and min(args.lrs) <= 0:
             raise WsramError("--lrs: learning rates must be > 0")
+        refuse_variant_keys(args)
         base = config_from_args(args, ClassificationConfig)
         plan = default_plan(base, args.seeds, args.lrs, args.methods, args.at_chosen_rate,
                             explore=not args.no_explore)
@@ -234,14 +299,41 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'results.md'}, {out / 'results.json'} and figures in {out}")
 
 
+def refuse_variant_keys(args: argparse.Namespace) -> None:
+    """``wsram compare`` sets the method (and, for the exploration study, the heuristics)
+    of each variant itself: a value given for them would be silently ignored, so refuse."""
+    from .classification.compare import EXPLORE
+
+    own = {"method"} | (set() if args.no_explore else set(EXPLORE))
+    given = {k[4:] for k in vars(args) if k.startswith("cfg.")}
+    if args.config:
+        given |= {str(k).replace("-", "_") for k in load_yaml(args.config)}
+    clash = sorted(own & given)
+    if clash:
+        extra = " (or add --no-explore)" if set(clash) - {"method"} else ""
+        if "method" in clash:
+            extra += "; choose the methods with --methods and --at-chosen-rate"
+        raise WsramError(f"compare: sets {', '.join(clash)} itself for each variant; remove "
+                         f"{', '.join('--' + k.replace('_', '-') for k in clash)} from the "
+                         f"flags and the config file{extra}")
+
+
 def cmd_caption_evaluate(args: argparse.Namespace) -> None:
-    from .captioning.evaluate import evaluate_caption_run, format_result
+    from .captioning.evaluate import evaluate_caption_run, format_result, write_caption_result
 
     positive("beam-size", args.beam_size)
     positive("size", args.size)
     res = evaluate_caption_run(args.run_dir, args.checkpoint, args.split, args.beam_size,
-                               args.size)
-    print(format_result(args.run_dir, res))
+                               args.size, write=False)
+    captions = res.pop("captions")
+    print(format_result(args.run_dir, res), flush=True)  # the results first, whatever follows
+    run = Path(args.run_dir)
+    try:
+        write_caption_result(res, captions, run)
+    except OSError as e:
+        raise WsramError(f"{run}: cannot write eval.json and captions.json for the results "
+                         f"above ({e.strerror or e})") from None
+    print(f"  written to {run / 'eval.json'} and {run / 'captions.json'}")
 
 
 def cmd_caption_show(args: argparse.Namespace) -> None:
@@ -266,11 +358,13 @@ def cmd_caption_plot(args: argparse.Namespace) -> None:
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand it names; 0 on success."""
     args = build_parser().parse_args(argv)
-    args.func(args)
-    return 0
+    return args.func(args) or 0
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .output import guard_std_streams, unguard_std_streams
+
+    guard_std_streams()  # a closed pipe or terminal must not turn into a traceback
     try:
         code = run(argv)
     except WsramError as e:
@@ -283,6 +377,10 @@ def main(argv: list[str] | None = None) -> None:
         where = f"{e.filename}: " if e.filename else ""
         print(f"wsram: error: {where}{e.strerror or e}", file=sys.stderr)
         code = 2
+    finally:
+        sys.stdout.flush()  # still guarded: a reader gone by now costs nothing
+        sys.stderr.flush()
+        unguard_std_streams()
     sys.exit(code)
 
 

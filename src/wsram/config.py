@@ -47,8 +47,8 @@ class TrainConfig:
     diag_repeats: int = 10  # R, independent gradient estimates for the gradient variance
     checkpoint_every: int = 500  # updates between checkpoints (last.pt)
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = 0  # seeds parameters, data and actions: the same seed, the same run
+    device: str = "cpu"  # cpu, cuda or cuda:N (under torchrun: each rank's own GPU)
     precision: str = "fp32"  # fp32, or bf16 (autocast of the networks; estimators stay fp32)
     compile: bool = False  # torch.compile the training rollout; eager again if it fails
     threads: int = 0  # torch CPU threads; 0 = torch's default

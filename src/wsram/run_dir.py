@@ -34,8 +34,13 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
                                  "reads; copy it elsewhere first")
     if resume:
         if not (run_dir / "last.pt").is_file():
-            raise WsramError(f"{run_dir}: nothing to resume (no last.pt)")
+            raise WsramError(f"{run_dir}: nothing to resume (no last.pt); train without "
+                             "--resume to start it")
     elif existing and not overwrite:
+        if not (run_dir / "last.pt").is_file():
+            raise WsramError(f"{run_dir}: holds a run that stopped before its first checkpoint "
+                             f"({', '.join(existing)}); --resume starts it afresh, "
+                             "--overwrite replaces it")
         raise WsramError(f"{run_dir}: already holds a run ({', '.join(existing)}); "
                          "use --resume to continue it or --overwrite to replace it")
     try:
@@ -47,17 +52,66 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
         raise WsramError(f"{run_dir}: cannot write to the run folder ({e.strerror})") from None
 
 
-def clean_run_dir(run_dir: Path, overwrite: bool) -> None:
+#: what a run that stopped before its first checkpoint leaves that a fresh start replaces
+PARTIAL_FILES = ("metrics.jsonl", "tb", "best.pt")
+
+
+def clean_run_dir(run_dir: Path, overwrite: bool, partial: bool = False) -> None:
     """Holding the lock: sweep temporary files a killed process left (SIGKILL, power loss:
-    the file it was replacing is intact), and with ``overwrite`` delete the old run."""
+    the file it was replacing is intact); with ``overwrite`` delete the old run, with
+    ``partial`` the logs of one that never reached a checkpoint (a pretrained encoder
+    stays)."""
     for stale in run_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
-    if overwrite:
-        for f in RUN_FILES:
+    if overwrite or partial:
+        for f in RUN_FILES if overwrite else PARTIAL_FILES:
             if (run_dir / f).is_dir():
                 shutil.rmtree(run_dir / f, ignore_errors=True)
             else:
                 (run_dir / f).unlink(missing_ok=True)
+
+
+def entries_before_start(run_dir: Path) -> set[str] | Path:
+    """The names in ``run_dir``; if it does not exist, the outermost of it and its parents
+    that does not (what creating it will create)."""
+    if run_dir.is_dir():
+        return set(os.listdir(run_dir))
+    top = run_dir.absolute()
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top
+
+
+#: what a start that failed before its first checkpoint may have written
+START_FILES = {".lock", ".write-test", "config.yaml", "metrics.jsonl", "tb"}
+
+
+def remove_failed_start(run_dir: Path, before: set[str] | Path) -> None:
+    """After a start that failed before any checkpoint: remove what it created (the
+    folder itself, if it made it), so that the same command can simply be run again.
+    Anything else (a pretrained encoder.pt, a best.pt) is kept, and ``--resume`` starts
+    such a folder afresh."""
+    if not run_dir.is_dir() or (run_dir / "last.pt").exists():
+        return
+    ours = set(os.listdir(run_dir)) - (before if isinstance(before, set) else set())
+    if not ours <= START_FILES | {p.name for p in run_dir.glob(".*.tmp")}:
+        return
+    for name in ours:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if isinstance(before, Path):  # the folders this start created, innermost first
+        folder = run_dir.absolute()
+        try:
+            while True:
+                folder.rmdir()
+                if folder == before:
+                    break
+                folder = folder.parent
+        except OSError:  # something else is in it by now: leave it
+            pass
 
 
 def check_resume(cfg: TrainConfig, run_dir: Path) -> None:

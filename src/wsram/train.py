@@ -3,22 +3,28 @@
 Read top to bottom: :func:`train` checks and locks the run folder (rank 0), then
 :func:`run_training` sets up (device, task, model, :class:`~wsram.engine.Engine`), restores
 a :class:`TrainState` on resume, and loops: one update (``engine.py``), the log window,
-diagnostics, evaluation and checkpoints; at the end a final evaluation and checkpoint.
+diagnostics, evaluation and checkpoints; at the end (all updates done, or the time limit)
+a final evaluation, and in every case a checkpoint. SIGINT, SIGTERM, SIGHUP and a closed
+stdout/stderr (:class:`StopRequest`) end the loop after the update in progress.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 import signal
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, output
 from .config import TrainConfig
 from .distributed import Dist
 from .engine import Engine
@@ -28,7 +34,9 @@ from .run_dir import (
     RunLock,
     check_resume,
     clean_run_dir,
+    entries_before_start,
     prepare_run_dir,
+    remove_failed_start,
     save_config,
     truncate_metrics,
 )
@@ -48,19 +56,95 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
     ddp = distributed.from_env(cfg.device)
     try:
         if not ddp.is_main:
-            return run_training(cfg, run_dir, resume, False, ddp)
+            with out_of_memory_is_one_line(cfg, run_dir):
+                return run_training(cfg, run_dir, resume, False, ddp)
+        before = entries_before_start(run_dir)
         try:
-            prepare_run_dir(run_dir, resume, overwrite, cfg.input_paths())
+            old = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
+            afresh = resume and not (run_dir / "last.pt").is_file() and (
+                run_dir / "config.yaml").is_file()
+            if afresh:  # it stopped before its first checkpoint: nothing to continue
+                print(f"wsram: {run_dir}: no checkpoint yet (no last.pt); starting afresh "
+                      "from update 0", file=sys.stderr)
+                resume = False
+            prepare_run_dir(run_dir, resume, overwrite or afresh, cfg.input_paths())
             if resume:
                 check_resume(cfg, run_dir)
             with RunLock(run_dir):
-                clean_run_dir(run_dir, overwrite and not resume)
-                return run_training(cfg, run_dir, resume, progress, ddp)
+                clean_run_dir(run_dir, overwrite and not resume and not afresh,
+                              partial=afresh)
+                with out_of_memory_is_one_line(cfg, run_dir):
+                    return run_training(cfg, run_dir, resume, progress, ddp)
         except BaseException:
             ddp.announce(False)  # if rank 0 failed before training began, the others stop too
+            remove_failed_start(run_dir, before)
             raise
+        finally:
+            _restore(old)
     finally:
         ddp.close()
+
+
+def _interrupt_on(*signals: signal.Signals) -> dict[int, Any]:
+    """Until the loop's own handler takes over, these signals end a start as Ctrl-C does
+    (KeyboardInterrupt), so that it removes what it created; returns the old handlers."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = {}
+    for sig in signals:
+        if signal.getsignal(sig) is signal.SIG_IGN:  # nohup: the user wants it ignored
+            continue
+        try:
+            old[sig] = signal.signal(sig, interrupt)
+        except ValueError:  # not the main thread
+            pass
+    return old
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+#: CUDA's allocation error (``torch.OutOfMemoryError`` from torch 2.5 on)
+_CUDA_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, _CUDA_OOM) or (isinstance(e, RuntimeError) and any(
+        s in text for s in ("out of memory", "can't allocate memory", "not enough memory")))
+
+
+def out_of_memory_message(e: BaseException, cfg: TrainConfig, run_dir: Path) -> str:
+    """One line for an allocation that failed: what was asked, and what to lower."""
+    text = str(e)
+    asked = re.search(r"allocate (\d+) bytes", text)
+    if asked:
+        size = f"{int(asked.group(1)) / 2**30:.1f} GiB"
+    else:
+        found = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]?i?B)", text)
+        size = found.group(1) if found else "more than is free"
+    where = "GPU" if isinstance(e, _CUDA_OOM) or "CUDA" in text else "memory"
+    kept = (f"{run_dir / 'last.pt'} is as it was" if (run_dir / "last.pt").is_file()
+            else "nothing was saved")
+    return (f"out of {where}: asked for {size} at batch size {cfg.batch_size} x "
+            f"{cfg.samples} samples = {cfg.batch_size * cfg.samples} trajectories per update "
+            f"(evaluations: {cfg.eval_size} images); lower --batch-size or --samples "
+            f"(or --eval-size); {kept}")
+
+
+@contextlib.contextmanager
+def out_of_memory_is_one_line(cfg: TrainConfig, run_dir: Path) -> Iterator[None]:
+    """Turn a failed allocation (CPU or CUDA) into a WsramError of one line."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        if not (_is_out_of_memory(e) or isinstance(e, MemoryError)):
+            raise
+        raise WsramError(out_of_memory_message(e, cfg, run_dir)) from None
 
 
 class TrainState:
@@ -79,6 +163,9 @@ class TrainState:
         self.started = time.perf_counter()
         self.nonfinite_total = 0
         self.nonfinite_run = 0  # consecutive skipped updates; not saved (a resume resets it)
+        self.best_step: int | None = None  # the update best.pt holds
+        self.evaluated_at = -1  # the update last evaluated by this process, and the result
+        self.last_eval: dict[str, float] = {}
         self.sums: dict[str, torch.Tensor] = {}  # running sums of the open log window
         self.count = 0
 
@@ -88,7 +175,8 @@ class TrainState:
 
     def state_dict(self) -> dict[str, Any]:
         state = {
-            "step": self.step, "best": self.best, "config": self.cfg.model_dict(),
+            "step": self.step, "best": self.best, "best_step": self.best_step,
+            "config": self.cfg.model_dict(),
             "method": self.cfg.method, "model": self.model.state_dict(),
             **self.engine.state_dict(), "data_rng": self.stream.state_dict(),
             "torch_rng": torch.get_rng_state(), "nonfinite_total": self.nonfinite_total,
@@ -105,6 +193,7 @@ class TrainState:
         checkpoint.load_into(self.model, state["model"], path)
         self.engine.load_state_dict(state)
         self.step, self.best = int(state["step"]), float(state["best"])
+        self.best_step = state.get("best_step")
         self.elapsed = float(state.get("elapsed", 0.0))
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         # The log window open at the checkpoint, so that the next line averages the same
@@ -166,27 +255,47 @@ class RunLog:
             self.tb.close()
 
 
+#: signals that end a run with a checkpoint of the current update: Ctrl-C, ``kill``, and
+#: a terminal or ssh session going away
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a request to checkpoint and stop after the current update."""
+    """Turns SIGINT, SIGTERM and SIGHUP, and the loss of stdout or stderr (a closed pipe,
+    a hung-up terminal), into a request to checkpoint and stop after the current update;
+    ``reason`` names the first (``SIGINT``, ``stderr closed``, ...)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.reason = ""
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_IGN:  # nohup: the user wants it ignored
+                continue
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
                 pass
+        output.listeners.append(self._output_lost)
         return self
 
+    def request(self, reason: str) -> None:
+        if not self.requested:
+            self.requested, self.reason = True, reason
+
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.request(signal.Signals(signum).name)
+
+    def _output_lost(self, name: str) -> None:
+        self.request(f"{name} closed")
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self._output_lost in output.listeners:
+            output.listeners.remove(self._output_lost)
 
 
 def setup_device(cfg: TrainConfig, ddp: Dist) -> torch.device:
@@ -245,10 +354,11 @@ def evaluate_and_keep_best(state: TrainState, run_dir: Path, log: RunLog) -> dic
     """Evaluate (the task's periodic evaluation), log it, and write best.pt on a new best."""
     task = state.task
     errs = task.evaluate(state.model)
+    state.evaluated_at, state.last_eval = state.step, errs
     log.write({"step": state.step, **{f"eval/{k}": v for k, v in errs.items()}})
     score = -errs[task.select_key] if task.select_higher else errs[task.select_key]
     if score < state.best:
-        state.best = score
+        state.best, state.best_step = score, state.step
         state.save(run_dir / "best.pt")
     return errs
 
@@ -297,8 +407,10 @@ def run_training(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
     start_step, last_row = state.step, {}
     state.started = time.perf_counter()  # the clock runs from the first update
     deadline = state.started + cfg.time_limit * 60 if cfg.time_limit else math.inf
+    stream = sys.stderr if isinstance(sys.stderr, output.GuardedStream) else \
+        output.GuardedStream(sys.stderr, "stderr")  # a closed pipe stops the run, never kills it
     bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, dynamic_ncols=True,
-               desc=cfg.method, unit="upd")
+               desc=cfg.method, unit="upd", file=stream)
     try:
         with StopRequest() as stop:
             while state.step < cfg.steps:
@@ -318,16 +430,36 @@ def run_training(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
                         last_row = after_update(state, run_dir, log, bar) or last_row
                 if upd.stop_votes:
                     break
+            if state.step >= cfg.steps:
+                reason = "finished"
+            elif stop.requested:
+                reason = stop.reason
+            else:
+                reason = "time limit" if time.perf_counter() >= deadline else "another process"
+            bar.close()
+            if main:  # still under StopRequest: a second Ctrl-C cannot cut the last save
+                finish(state, run_dir, log, reason, start_step, last_row)
     finally:
         bar.close()
-    if main:
-        if state.step >= cfg.steps and state.step > start_step:  # not again on a no-op resume
-            errs = evaluate_and_keep_best(state, run_dir, log)
-            last_row.update({f"eval/{k}": v for k, v in errs.items()})
-        state.save(run_dir / "last.pt")
-        log.close()
     last_row["stopped_early"] = state.step < cfg.steps
+    last_row.update({"stopped_by": reason, "last_step": state.step,
+                     "best_step": state.best_step, "best_on": f"eval/{state.task.select_key}"})
     return last_row
+
+
+def finish(state: TrainState, run_dir: Path, log: RunLog, reason: str, start_step: int,
+           last_row: dict[str, Any]) -> None:
+    """Rank 0's end of a run: a finished or time-limited run ends evaluated (not again on
+    a no-op resume, nor twice at one update), one stopped by a signal only saves, and
+    quickly; then last.pt, and the latest evaluation into ``last_row`` for the summary."""
+    if reason in ("finished", "time limit") and start_step < state.step \
+            and state.evaluated_at != state.step:
+        evaluate_and_keep_best(state, run_dir, log)
+    if state.last_eval:
+        last_row.update({f"eval/{k}": v for k, v in state.last_eval.items()},
+                        eval_step=state.evaluated_at)
+    state.save(run_dir / "last.pt")
+    log.close()
 
 
 def _tensorboard(path: Path, step: int):

@@ -15,10 +15,11 @@ SPLITS = ("val", "test")
 
 def evaluate_caption_run(run_dir: str | Path, which: str = "last", split: str = "test",
                          beam_size: int | None = None, size: int | None = None,
-                         progress: bool = False) -> dict[str, Any]:
+                         progress: bool = False, write: bool = True) -> dict[str, Any]:
     """BLEU-1..4 and CIDEr of greedy and beam-search captions of a split; writes
     ``RUN/eval.json`` (top-level ``bleu1``..``bleu4`` and ``cider`` are beam search's)
-    and ``RUN/captions.json`` (every caption with its references)."""
+    and ``RUN/captions.json`` (every caption with its references) unless ``write`` is
+    false (then :func:`write_caption_result` does it)."""
     if split not in SPLITS:
         raise WsramError(f"--split: expected val or test, got {split!r}")
     from ..tasks import load_run
@@ -37,16 +38,23 @@ def evaluate_caption_run(run_dir: str | Path, which: str = "last", split: str = 
     if which == "best":
         result["selected_on"] = (f"BLEU-4 of greedy captions of the first {cfg.eval_size} "
                                  "val images")
-    run_dir = Path(run_dir)
-    atomic_write_bytes(run_dir / "eval.json",
-                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     rows = [{"image": i, "greedy": " ".join(g), "beam": " ".join(b),
              "references": [" ".join(r) for r in rs]}
             for i, (g, b, rs) in enumerate(zip(greedy, beamed, refs, strict=True))]
+    captions = {"split": split, "checkpoint": f"{which}.pt", "captions": rows}
+    if write:
+        write_caption_result(result, captions, Path(run_dir))
+        return result
+    return {**result, "captions": captions}
+
+
+def write_caption_result(result: dict[str, Any], captions: dict[str, Any],
+                         run_dir: Path) -> None:
+    """``RUN/eval.json`` and ``RUN/captions.json``, each written atomically."""
+    atomic_write_bytes(run_dir / "eval.json",
+                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     atomic_write_bytes(run_dir / "captions.json", lambda f: f.write(
-        (json.dumps({"split": split, "checkpoint": f"{which}.pt", "captions": rows},
-                    indent=1) + "\n").encode()))
-    return result
+        (json.dumps(captions, indent=1) + "\n").encode()))
 
 
 def format_result(run_dir: str | Path, res: dict[str, Any]) -> str:
@@ -60,6 +68,4 @@ def format_result(run_dir: str | Path, res: dict[str, Any]) -> str:
             f"{sc[k]:>8.3f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider")))
     if "selected_on" in res:
         lines.append(f"  note: best.pt was selected on {res['selected_on']}")
-    lines.append(f"  written to {Path(run_dir) / 'eval.json'} and "
-                 f"{Path(run_dir) / 'captions.json'}")
     return "\n".join(lines)

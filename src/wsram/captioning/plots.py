@@ -37,20 +37,25 @@ def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: i
     n = min(num, len(task.split(split)))
     hyps, attn = task.captions(model, split, n, beam_size, with_attention=True)
     images = task.split(split).images(0, n)
+    references = task.split(split).references[:n]
     strides = task.encoder.strides
+    grids = [tuple(int(d) for d in f.shape[-2:]) for f in task.split_features(split)]
     paths = []
     for i in range(n):
         img = images[i]
         H, W = img.shape[-2:]
         locs, layers = attn[i]
         words = (hyps[i] + ["<eos>"])[:len(layers)]  # no <eos> when max_len cut it
-        cols = min(8, len(words))
+        cols = max(4, min(8, len(words)))
         rows = 1 + (len(words) + cols - 1) // cols
-        fig = plt.figure(figsize=(1.6 * cols, 1.8 * rows + 0.6), layout="constrained")
+        fig = plt.figure(figsize=(1.6 * cols, 1.8 * rows + 1.2), layout="constrained")
         grid = fig.add_gridspec(rows, cols)
         ax = fig.add_subplot(grid[0, :])
         _imshow(ax, img)
-        ax.set_title(" ".join(hyps[i]) or "(empty caption)", fontsize=9, wrap=True)
+        ax.set_title("generated: " + (" ".join(hyps[i]) or "(empty caption)"), fontsize=9,
+                     wrap=True)
+        ax.text(0.5, -0.04, reference_text(references[i]), transform=ax.transAxes,
+                ha="center", va="top", fontsize=7, wrap=True)
         for t, word in enumerate(words):
             ax = fig.add_subplot(grid[1 + t // cols, t % cols])
             _imshow(ax, img)
@@ -59,7 +64,8 @@ def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: i
             cx, cy = (locs[t, 0].item() + 1) / 2 * W, (locs[t, 1].item() + 1) / 2 * H
             ax.add_patch(plt.Rectangle((cx - side / 2 - 0.5, cy - side / 2 - 0.5), side, side,
                                        fill=False, edgecolor="#e41a1c", linewidth=1.5))
-            ax.set_title(f"{word}\nlayer {s + 1}", fontsize=8)
+            clipped = "\n(box clipped at the border)" if is_clipped(cx, cy, side, W, H) else ""
+            ax.set_title(f"{word}\n{layer_name(s, grids[s])}{clipped}", fontsize=8)
             ax.set_xlim(-0.5, W - 0.5)
             ax.set_ylim(H - 0.5, -0.5)
         fig.suptitle(f"{cfg.method}, update {state['step']}, {split} image {i}: each word "
@@ -69,6 +75,22 @@ def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: i
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def reference_text(refs: list[list[str]]) -> str:
+    """The reference captions of an image, one per line."""
+    return "references:\n" + "\n".join(" ".join(r) for r in refs) if refs else "no references"
+
+
+def layer_name(index: int, grid: tuple[int, int]) -> str:
+    """A feature layer with its resolution: ``layer 2 (14x14)``."""
+    return f"layer {index + 1} ({grid[0]}x{grid[1]})"
+
+
+def is_clipped(cx: float, cy: float, side: float, width: int, height: int) -> bool:
+    """Whether a box of ``side`` centred at (cx, cy) reaches past the image's border."""
+    half = side / 2
+    return cx - half < 0 or cy - half < 0 or cx + half > width or cy + half > height
 
 
 def _imshow(ax: Any, img: torch.Tensor) -> None:

@@ -147,7 +147,10 @@ def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs:
     if jobs <= 1:
         for name, cfg in cfgs.items():
             print(f"== {name}", file=sys.stderr, flush=True)
-            train(cfg, out_dir / name, resume=_resumable(cfg, out_dir / name), progress=progress)
+            row = train(cfg, out_dir / name, resume=_resumable(cfg, out_dir / name),
+                        progress=progress)
+            if row["stopped_by"] not in ("finished", "time limit"):  # a signal stops them all
+                raise KeyboardInterrupt
     else:
         _run_parallel(cfgs, out_dir, jobs)
 

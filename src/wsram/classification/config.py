@@ -28,7 +28,7 @@ class ClassificationConfig(TrainConfig):
     hidden: int = 256  # width of every hidden layer
     context_size: int = 12  # side of the low-resolution copy read by the context network
     loc_std: float = 0.2  # standard deviation of the location Gaussian, in [-1, 1] units
-    num_classes: int = 10
+    num_classes: int = 10  # classes the model predicts (labels 0 .. N-1)
     eval_samples: int = 10  # M, trajectories averaged by the Monte-Carlo test error
 
     TASK: typing.ClassVar[str] = "classification"

@@ -43,8 +43,10 @@ def test_errors(
 
 
 def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None = None,
-                 test_size: int | None = None) -> dict[str, float]:
-    """Evaluate a run folder's checkpoint on its full test set; write ``eval.json``."""
+                 test_size: int | None = None, out: str | Path | None = None,
+                 write: bool = True) -> dict[str, float]:
+    """Evaluate a run folder's checkpoint on its full test set; write ``eval.json`` (or
+    ``out``) unless ``write`` is false (then :func:`write_result` does it)."""
     from ..tasks import load_run
     from .task import test_set
 
@@ -67,22 +69,27 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
         result["selected_on"] = (f"the first {cfg.eval_size} validation canvases"
                                  if cfg.holdout_every else
                                  f"the first {cfg.eval_size} test canvases")
-    atomic_write_bytes(Path(run_dir) / "eval.json",
-                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    if write:
+        write_result(result, Path(out) if out is not None else Path(run_dir) / "eval.json")
     return result
+
+
+def write_result(result: dict, path: Path) -> None:
+    """Write an evaluation result as JSON (atomically)."""
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
 
 
 def format_result(run_dir: str | Path, res: dict) -> str:
     """``wsram evaluate``'s report of :func:`evaluate_run`'s result."""
     lines = [f"{run_dir} ({res['checkpoint']}, update {res['step']}, "
              f"{res['test_images']} test images)",
-             f"  test error, one sampled trajectory:        {res['test_error_sampled']:.2%}",
-             f"  test error, mean of {res['samples']:>3} trajectories:      "
-             f"{res['test_error_mc']:.2%}",
-             f"  test error, deterministic policy:          "
-             f"{res['test_error_deterministic']:.2%}"]
+             f"  test_error_sampled        {res['test_error_sampled']:7.2%}  (one sampled "
+             "trajectory)",
+             f"  test_error_mc             {res['test_error_mc']:7.2%}  (mean of "
+             f"{res['samples']} trajectories)",
+             f"  test_error_deterministic  {res['test_error_deterministic']:7.2%}  "
+             "(deterministic policy)"]
     if "selected_on" in res:
         optimistic = ", so these errors are optimistic" if "test" in res["selected_on"] else ""
         lines.append(f"  note: best.pt was selected on {res['selected_on']}{optimistic}")
-    lines.append(f"  written to {Path(run_dir) / 'eval.json'}")
     return "\n".join(lines)

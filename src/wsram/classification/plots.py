@@ -45,14 +45,16 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
         if i >= len(x):
             continue
         ax.imshow(x[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        H = cfg.canvas_size
+        spots = label_spots([(min(max(b[0], 0), H - 12 * H / 100), min(max(b[1] + 1, 0), H))
+                             for b in boxes[i].tolist()], H)
         for n in range(boxes.shape[1]):
             x0, y0, x1, y1 = boxes[i, n].tolist()
             c = GLIMPSE_COLOURS[n % len(GLIMPSE_COLOURS)]
             ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                        edgecolor=c, linewidth=1.5, clip_on=True))
             scale = cfg.scales[int(r.scales[i, 0, n])]
-            H = cfg.canvas_size
-            tx, ty = min(max(x0, 0), H - 12), min(max(y0 + 1, 0), H - 6)
+            tx, ty = spots[n]
             ax.text(tx, ty, f"{n + 1}:{scale:g}", color=c, fontsize=7, va="top",
                     fontweight="bold", clip_on=True)
         ok = "ok" if pred[i] == y[i] else "wrong"
@@ -70,6 +72,25 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
     atomic_write_bytes(out, write)
     plt.close(fig)
     return out
+
+
+def label_spots(anchors: list[tuple[float, float]], size: float) -> list[tuple[float, float]]:
+    """Where to write each glimpse's label on a canvas of side ``size``: at its box's
+    corner, moved down a line (up, at the bottom) while it would cover an earlier label,
+    so that glimpses on one spot stay readable."""
+    line, width = 0.07 * size, 0.14 * size  # a 7-point label, in canvas pixels
+    placed: list[tuple[float, float]] = []
+    for x, y in anchors:
+        y = min(y, size - line)
+        step = line
+        for _ in range(len(anchors) + 1):
+            if all(abs(x - px) >= width or abs(y - py) >= line for px, py in placed):
+                break
+            if y + step > size - line:
+                step = -line
+            y += step
+        placed.append((x, y))
+    return placed
 
 
 def _save(fig, path: Path) -> None:
