@@ -14,6 +14,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def area_resize(x: Tensor, sizes: list[int]) -> list[Tensor]:
+    """x area-downsampled to each of ``sizes``: (B, C, H, W) -> list of (B, C, s, s).
+
+    The same as ``F.interpolate(x, (s, s), mode="area")`` (adaptive average pooling) to
+    within float rounding; computed with the B x C images as the channels of one
+    channels-last image, where the pooling kernel runs vectorised across them (with one
+    channel per image it runs one scalar window at a time, several times slower).
+    """
+    B, C, H, W = x.shape
+    if B * C == 1:
+        return [F.adaptive_avg_pool2d(x, s) for s in sizes]
+    stacked = x.reshape(1, B * C, H, W).contiguous(memory_format=torch.channels_last)
+    return [F.adaptive_avg_pool2d(stacked, s).reshape(B, C, s, s).contiguous() for s in sizes]
+
+
 class GlimpseSensor(torch.nn.Module):
     """Reads K glimpses per image for all B images in one call per scale.
 
@@ -35,13 +50,12 @@ class GlimpseSensor(torch.nn.Module):
         gy, gx = torch.meshgrid(axis, axis, indexing="ij")
         self.register_buffer("base_grid", torch.stack([gx, gy], -1), persistent=False)  # (G, G, 2)
 
-    def pyramid(self, x: Tensor) -> list[Tensor]:
-        """One resampled copy of x per scale: list of (B, C, h_s, h_s)."""
+    def pyramid(self, x: Tensor, also: tuple[int, ...] = ()) -> list[Tensor]:
+        """One resampled copy of x per scale: list of (B, C, h_s, h_s); then x resized to
+        each of the sizes ``also`` (e.g. the model's context copy), in the same pass."""
         H = x.shape[-1]
-        return [
-            x if size >= H else F.interpolate(x, size=(size, size), mode="area")
-            for size in self.level_sizes
-        ]
+        small = iter(area_resize(x, [s for s in self.level_sizes if s < H] + list(also)))
+        return [x if size >= H else next(small) for size in self.level_sizes] + list(small)
 
     def forward(self, levels: list[Tensor], loc: Tensor, scale_idx: Tensor) -> Tensor:
         """Patches at the given actions.
@@ -51,19 +65,24 @@ class GlimpseSensor(torch.nn.Module):
         """
         B, K, _ = loc.shape
         G = self.patch
-        out = None
-        for s, (scale, level) in enumerate(zip(self.scales, levels, strict=True)):
-            # (B, K, G, G, 2): base grid scaled to the patch size and moved to the location
-            grid = self.base_grid * scale + loc[:, :, None, None, :]
+        axis = self.base_grid[0, :, 0]  # (G,) pixel centres, the same on both axes
+        loc_x, loc_y = loc[..., 0, None], loc[..., 1, None]  # (B, K, 1)
+        patches = []
+        for scale, level in zip(self.scales, levels, strict=True):
+            # (B, K, G, G, 2): the base grid scaled to the patch size and moved to the
+            # location, written from its two (B, K, G) axes (a broadcast over the last
+            # dimension of size 2 is several times slower; the values are the same).
+            a = axis * scale
+            grid = torch.stack(torch.broadcast_tensors((a + loc_x)[:, :, None, :],
+                                                       (a + loc_y)[:, :, :, None]), -1)
             p = F.grid_sample(
                 level, grid.reshape(B, K * G, G, 2), mode="bilinear",
                 padding_mode="zeros", align_corners=False,
             )  # (B, C, K*G, G)
-            p = p.reshape(B, -1, K, G, G).transpose(1, 2)  # (B, K, C, G, G)
-            if len(self.scales) == 1:
-                return p
-            chosen = (scale_idx == s)[:, :, None, None, None]
-            out = torch.where(chosen, p, out if out is not None else torch.zeros_like(p))
+            patches.append(p.reshape(B, -1, K, G, G).transpose(1, 2))  # (B, K, C, G, G)
+        out = patches[-1]
+        for s in range(len(patches) - 2, -1, -1):  # the chosen scale's patch
+            out = torch.where((scale_idx == s)[:, :, None, None, None], patches[s], out)
         return out
 
     def boxes(self, loc: Tensor, scale_idx: Tensor) -> Tensor:
