@@ -250,3 +250,19 @@ def test_training_error_comes_from_the_models_own_untempered_policy(
         assert len(calls) == 2 and calls[1][:2] == ("prior", 1.0)
     own = calls[-1][2].class_log_probs[:, 0].argmax(-1)
     assert err.item() == (own != y).float().mean().item()
+
+
+def test_rollout_reusing_another_rollouts_inputs_is_the_same() -> None:
+    # The training error's own-policy rollout reuses the pyramid and context features of
+    # the update's rollout: the same trajectories as computing them afresh.
+    torch.manual_seed(6)
+    model = AttentionModel(canvas_size=40, glimpses=2, patch=6, hidden=16)
+    x, y = torch.rand(5, 1, 40, 40), torch.randint(0, 10, (5,))
+    first = model.rollout(x, y, 3, proposal="q")
+    torch.manual_seed(7)
+    fresh = model.rollout(x, y, 1)
+    torch.manual_seed(7)
+    reused = model.rollout(x, y, 1, inputs=first.inputs)
+    assert torch.equal(fresh.class_log_probs, reused.class_log_probs)
+    assert torch.equal(fresh.log_prior, reused.log_prior)
+    assert torch.equal(fresh.locs, reused.locs)
