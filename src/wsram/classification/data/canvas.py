@@ -94,7 +94,7 @@ def digit_grid(zoom: Tensor, shift: Tensor, H: int) -> Tensor:
     Written from its two axes: affine_grid multiplies every pixel's (x, y, 1) by theta in
     a batched matmul of inner size 3, which took most of the time of drawing a batch. Same
     base coordinates and the same products and sums (the zero terms drop out exactly), so
-    the same grid to float rounding (bit for bit on the machines we tried).
+    the same grid to float rounding (bit for bit on the machine measured).
     """
     base = torch.linspace(-1, 1, H, device=zoom.device) * (H - 1) / H  # affine_grid's
     gx = base * zoom[:, None] + shift[:, 0, None]  # (B, W)
