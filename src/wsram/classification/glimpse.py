@@ -54,10 +54,10 @@ class GlimpseSensor(torch.nn.Module):
         self.register_buffer("base_grid", torch.stack([gx, gy], -1), persistent=False)  # (G, G, 2)
         # Atlas geometry: level s at rows 1..h_s, columns offset_s..offset_s + h_s - 1, with
         # a column of zeros between levels and a row of zeros above and below all of them.
-        offsets = [1 + sum(h + 1 for h in self.level_sizes[:i]) for i in range(len(scales))]
+        self.offsets = [1 + sum(h + 1 for h in self.level_sizes[:i]) for i in range(len(scales))]
         self.atlas_size = (max(self.level_sizes) + 2, sum(h + 1 for h in self.level_sizes) + 1)
         for name, values in (("_scale", self.scales), ("_size", self.level_sizes),
-                             ("_offset", offsets)):
+                             ("_offset", self.offsets)):
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32),
                                  persistent=False)
 
@@ -75,8 +75,8 @@ class GlimpseSensor(torch.nn.Module):
             return levels[0]
         B, C = levels[0].shape[:2]
         out = levels[0].new_zeros(B, C, *self.atlas_size)
-        for level, h, o in zip(levels, self.level_sizes, self._offset.tolist(), strict=True):
-            out[:, :, 1:1 + h, int(o):int(o) + h] = level
+        for level, h, o in zip(levels, self.level_sizes, self.offsets, strict=True):
+            out[:, :, 1:1 + h, o:o + h] = level
         return out
 
     def forward(self, levels: list[Tensor] | Tensor, loc: Tensor, scale_idx: Tensor) -> Tensor:
