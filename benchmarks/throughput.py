@@ -29,7 +29,7 @@ one setup, over its size after imports and data loading (the peak mark is reset 
 through /proc/self/clear_refs); on CUDA, max_memory_allocated.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - wsram before torch, see below
 
 import argparse
 import multiprocessing as mp
@@ -39,6 +39,7 @@ import resource
 import time
 from typing import Any
 
+import wsram  # noqa: F401 - before torch, as the wsram command: its OpenMP settings
 import torch
 
 from wsram.classification.config import ClassificationConfig
@@ -76,7 +77,8 @@ def header(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         dev += f" ({torch.cuda.get_device_name(torch.device(device))})"
     return (f"# torch {torch.__version__}, device {dev}, {torch.get_num_threads()} threads, "
-            f"CPU {cpu_model()} ({os.cpu_count()} cores visible)")
+            f"CPU {cpu_model()} ({os.cpu_count()} cores visible), "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
 
 
 def sync(device: torch.device) -> None:
@@ -317,6 +319,16 @@ def main() -> None:
                   f"{achieved / peak:8.1%} {achieved / peak_conv:7.1%}", flush=True)
         print(f"(peak mem: {r['mem_kind']}; FLOPs counted from layer sizes, see the "
               "docstring for the convention)")
+        summary = []
+        if "default" in trained:
+            f = train_flops_per_trajectory(setup_config("default", a.device))
+            summary.append(f"default setup at {f * trained['default']['traj_s'] / peak:.1%} "
+                           "of the 2048x2048 matmul rate (target 50%)")
+        if "classic" in trained:
+            summary.append(f"classic setup {trained['classic']['traj_s']:,.0f} "
+                           "trajectories/s (target 14,000)")
+        if summary:
+            print("targets: " + "; ".join(summary), flush=True)
 
     if "data" in a.parts:
         print("\n## data: canvases generated vs consumed by training")

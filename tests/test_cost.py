@@ -77,9 +77,9 @@ def test_attention_inference_macs_by_hand() -> None:
     # Inference reads neither the inference network nor the baseline.
     assert "inference" not in macs and "baseline" not in macs
     # Sensor: 32 -> 8 context copy and 32 -> 16, 32 -> 8 pyramid levels read every pixel once;
-    # 2 glimpses x 2 scales resampled x 16 pixels x 4 MACs.
+    # 2 glimpses x 16 pixels (at the chosen scale only) x 4 MACs.
     assert sensor_macs(model, 32) == {"context downsampling": 1024, "glimpse pyramid": 2048,
-                                      "glimpse resampling": 2 * 2 * 16 * 4}
+                                      "glimpse resampling": 2 * 16 * 4}
 
 
 def test_cnn_macs_and_interface() -> None:

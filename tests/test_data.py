@@ -413,3 +413,18 @@ def test_validation_digits_are_a_stated_part_of_the_training_digits() -> None:
     assert holdout(full, 0)[0] is full and len(holdout(full, 0)[1]) == 0
     with pytest.raises(ConfigError, match="holdout_every"):
         load_digits("val")
+
+
+def test_digit_grid_is_affine_grid() -> None:
+    # The canvas grid written from its axes is F.affine_grid of the same theta.
+    g = torch.Generator().manual_seed(5)
+    for H in (100, 28, 37):
+        zoom = H / (10 + 20 * torch.rand(16, generator=g))
+        shift = torch.randn(16, 2, generator=g) * 2
+        theta = torch.zeros(16, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = zoom
+        theta[:, :, 2] = shift
+        want = torch.nn.functional.affine_grid(theta, [16, 1, H, H], align_corners=False)
+        got = canvas_mod.digit_grid(zoom, shift, H)
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-6, rtol=0)

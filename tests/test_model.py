@@ -7,8 +7,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from wsram.classification.glimpse import GlimpseSensor
+from wsram.classification.glimpse import GlimpseSensor, area_resize
 from wsram.classification.model import AttentionModel
 from wsram.methods import METHODS
 from wsram.policy import ActionDist
@@ -74,6 +75,50 @@ def test_sensor_batches_without_crosstalk() -> None:
         for k in range(4):
             one = read(sensor, x[b:b + 1], loc[b, k], scale[b, k])[0, 0]
             assert torch.allclose(batched[b, k], one, atol=1e-6)
+
+
+def reference_patch(x: torch.Tensor, loc: torch.Tensor, scale: float, size: int,
+                    patch: int) -> torch.Tensor:
+    """The sensor written plainly for one image and one glimpse: the canvas area-resampled
+    by F.interpolate, then bilinear samples at the pixel centres of the patch grid."""
+    level = x if size >= x.shape[-1] else F.interpolate(x, size=(size, size), mode="area")
+    axis = (torch.arange(patch, dtype=torch.float32) * 2 + 1) / patch - 1
+    gy, gx = torch.meshgrid(axis, axis, indexing="ij")
+    grid = torch.stack([gx * scale + loc[0], gy * scale + loc[1]], -1)[None]
+    return F.grid_sample(level, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[0]  # (C, G, G)
+
+
+@pytest.mark.parametrize("canvas, patch, scales", [(100, 12, [0.2, 0.4, 0.8]),
+                                                   (28, 8, [8 / 28]), (37, 5, [0.3, 1.0])])
+def test_sensor_matches_a_plain_reference(canvas: int, patch: int, scales: list[float]) -> None:
+    # The sensor's batched pyramid (channels-last pooling) and its one-scale-at-a-time
+    # grids give the patches of the plain per-glimpse computation, to float rounding.
+    torch.manual_seed(3)
+    sensor = GlimpseSensor(canvas, patch, scales)
+    B, K = 3, 4
+    x = torch.rand(B, 2, canvas, canvas)
+    loc = torch.randn(B, K, 2) * 0.7  # some glimpses partly or wholly off the canvas
+    scale = torch.randint(0, len(scales), (B, K))
+    levels = sensor.pyramid(x, also=(12,))
+    assert torch.allclose(levels[-1], F.interpolate(x, size=(12, 12), mode="area"), atol=1e-6)
+    got = sensor(levels[:-1], loc, scale)
+    for b in range(B):
+        for k in range(K):
+            s = int(scale[b, k])
+            want = reference_patch(x[b:b + 1], loc[b, k], scales[s], sensor.level_sizes[s],
+                                   patch)
+            assert torch.allclose(got[b, k], want, atol=1e-5, rtol=0)
+
+
+def test_area_resize_is_area_interpolation() -> None:
+    torch.manual_seed(4)
+    for shape in [(64, 1, 100, 100), (1, 1, 30, 30), (2, 3, 17, 17)]:
+        x = torch.rand(shape)
+        for size, got in zip((15, 12, 7), area_resize(x, [15, 12, 7]), strict=True):
+            want = F.interpolate(x, size=(size, size), mode="area")
+            assert got.shape == want.shape and got.is_contiguous()
+            assert torch.allclose(got, want, atol=1e-6, rtol=0)
 
 
 def test_policy_log_prob_and_entropy_match_torch_distributions() -> None:
@@ -205,3 +250,19 @@ def test_training_error_comes_from_the_models_own_untempered_policy(
         assert len(calls) == 2 and calls[1][:2] == ("prior", 1.0)
     own = calls[-1][2].class_log_probs[:, 0].argmax(-1)
     assert err.item() == (own != y).float().mean().item()
+
+
+def test_rollout_reusing_another_rollouts_inputs_is_the_same() -> None:
+    # The training error's own-policy rollout reuses the pyramid and context features of
+    # the update's rollout: the same trajectories as computing them afresh.
+    torch.manual_seed(6)
+    model = AttentionModel(canvas_size=40, glimpses=2, patch=6, hidden=16)
+    x, y = torch.rand(5, 1, 40, 40), torch.randint(0, 10, (5,))
+    first = model.rollout(x, y, 3, proposal="q")
+    torch.manual_seed(7)
+    fresh = model.rollout(x, y, 1)
+    torch.manual_seed(7)
+    reused = model.rollout(x, y, 1, inputs=first.inputs)
+    assert torch.equal(fresh.class_log_probs, reused.class_log_probs)
+    assert torch.equal(fresh.log_prior, reused.log_prior)
+    assert torch.equal(fresh.locs, reused.locs)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -167,3 +169,15 @@ def test_compile_failure_falls_back_to_eager(tmp_path: Path, monkeypatch, capsys
     train(tiny(steps=5, diag_every=0), tmp_path / "b", progress=False)
     a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_openmp_workers_sleep_unless_the_user_says_otherwise() -> None:
+    # Spinning OpenMP workers stall training when other processes share the cores: the
+    # package asks for passive waiting before torch loads, and keeps a user's own choice.
+    code = "import os, wsram; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE", out.stderr

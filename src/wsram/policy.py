@@ -7,7 +7,7 @@ Log-densities are of the values actually used by the sensor (no clipping, see gl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -22,6 +22,14 @@ class ActionDist:
     loc_mean: Tensor
     loc_std: float
     scale_logits: Tensor
+    _scale_log_probs: Tensor | None = field(default=None, init=False, repr=False)
+
+    def scale_log_probs(self) -> Tensor:
+        """log_softmax of the scale logits, (..., S); computed once (log_prob and entropy
+        of the same step both need it)."""
+        if self._scale_log_probs is None:
+            self._scale_log_probs = torch.log_softmax(self.scale_logits, -1)
+        return self._scale_log_probs
 
     @classmethod
     def from_emission(cls, out: Tensor, loc_std: float) -> ActionDist:
@@ -52,13 +60,13 @@ class ActionDist:
         """log N(loc; mean, std^2 I) + log Cat(scale; softmax(logits)), shape (...)."""
         z = (loc - self.loc_mean) / self.loc_std
         log_loc = -0.5 * (z * z).sum(-1) - 2 * math.log(self.loc_std) - _LOG_2PI
-        log_scale = torch.log_softmax(self.scale_logits, -1).gather(
+        log_scale = self.scale_log_probs().gather(
             -1, scale.unsqueeze(-1)).squeeze(-1)
         return log_loc + log_scale
 
     def entropy(self) -> Tensor:
         """Entropy of the joint action distribution, shape (...)."""
-        log_p = torch.log_softmax(self.scale_logits, -1)
+        log_p = self.scale_log_probs()
         h_scale = -(log_p.exp() * log_p).sum(-1)
         h_loc = 2 * (0.5 * (1 + _LOG_2PI) + math.log(self.loc_std))
         return h_scale + h_loc

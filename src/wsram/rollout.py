@@ -38,6 +38,9 @@ class Rollout:
     scales:          (B, K, N)
     prior_dists:     per-glimpse prior distributions (for the coverage regulariser)
     baseline:        (B,)        predicted reward b(x), when y was given
+    inputs:          the model's work that depends only on x (and its weights), which a
+                     second rollout on the same x may reuse (``rollout(..., inputs=)``);
+                     None when the model keeps none
     """
 
     class_log_probs: Tensor
@@ -51,6 +54,7 @@ class Rollout:
     scales: Tensor
     prior_dists: list[ActionDist]
     baseline: Tensor | None
+    inputs: Any = None
 
     @property
     def sampled_from_prior(self) -> bool:
@@ -125,7 +129,7 @@ class ActionTrace:
         return loc, scale
 
     def rollout(self, B: int, K: int, class_log_probs: Tensor, log_lik: Tensor | None,
-                baseline: Tensor | None) -> Rollout:
+                baseline: Tensor | None, inputs: Any = None) -> Rollout:
         """The finished :class:`Rollout`, every per-trajectory tensor viewed as (B, K, ...)
         and actions stacked along the step axis: locs (B, K, N, 2), scales (B, K, N)."""
         locs = torch.stack(self.locs, self.locs[0].dim() - 1)
@@ -143,6 +147,7 @@ class ActionTrace:
             scales=scales.view(B, K, -1),
             prior_dists=self.prior_dists,
             baseline=baseline,
+            inputs=inputs,
         )
 
 

@@ -232,8 +232,12 @@ def variance_at_shared_parameters(out_dir: Path, rates: dict[str, float],
 
 
 def _run_parallel(cfgs: dict[str, ClassificationConfig], out_dir: Path, jobs: int) -> None:
-    """Run variants as separate processes, ``jobs`` at a time, sharing the CPU threads."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    """Run variants as separate processes, ``jobs`` at a time, sharing the CPU threads:
+    each gets its share of the cores this process may use (OpenMP workers sleep when idle,
+    see ``wsram/__init__.py``, so more jobs than cores slow down in proportion)."""
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    threads = max(1, cores // jobs)
     pending = list(cfgs.items())
     running: list[tuple[str, subprocess.Popen]] = []
     failed = []

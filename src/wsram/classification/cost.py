@@ -28,10 +28,9 @@ NOTES = """\
   policy's tanh/argmax are not counted (they are not multiply-accumulates).
 - The attention model's sensor is counted from its sizes: the low-resolution context copy
   and each pyramid level are area averages (one MAC per source pixel of each averaging
-  window), and a bilinearly resampled glimpse pixel is 4 MACs. The sensor resamples every
-  scale at each glimpse and keeps one (one batched call per scale; reading the chosen scale
-  alone was measured slower on CPU), so the resampling count is S times what the chosen
-  scale alone needs; its pyramid averages the whole canvas once per scale.
+  window), and a bilinearly resampled glimpse pixel is 4 MACs. Each glimpse pixel is read
+  once, at its chosen scale (from an atlas of the pyramid levels); the pyramid averages the
+  whole canvas once per scale.
 - "Values read by the network": N x G x G glimpse pixels plus the context copy's pixels
   for the attention model, the whole canvas for the CNN.
 - "Canvas pixels under the glimpses": distinct canvas pixels whose centre lies in some
@@ -84,11 +83,11 @@ def sensor_macs(model: nn.Module, canvas_size: int, channels: int = 1) -> dict[s
     if getattr(model, "glimpses", 0) == 0:
         return {}
     sensor = model.sensor
-    G, S = sensor.patch, len(sensor.scales)
+    G = sensor.patch
     return {
         "context downsampling": channels * area_macs(canvas_size, model.context_size),
         "glimpse pyramid": channels * sum(area_macs(canvas_size, s) for s in sensor.level_sizes),
-        "glimpse resampling": channels * model.glimpses * S * G * G * 4,
+        "glimpse resampling": channels * model.glimpses * G * G * 4,
     }
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..policy import ActionDist
 from ..rollout import ActionTrace, ParameterGroups, Rollout
-from .glimpse import GlimpseSensor
+from .glimpse import GlimpseSensor, area_resize
 
 
 class AttentionModel(ParameterGroups, nn.Module):
@@ -76,9 +76,11 @@ class AttentionModel(ParameterGroups, nn.Module):
         self.baseline = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     # --- stages ---
-    def forward_context(self, x: Tensor) -> Tensor:
-        """Top-layer initial state from a low-resolution copy of x: (B, C, H, W) -> (B, D)."""
-        low = F.interpolate(x, size=(self.context_size,) * 2, mode="area")
+    def forward_context(self, x: Tensor, low: Tensor | None = None) -> Tensor:
+        """Top-layer initial state from a low-resolution copy of x: (B, C, H, W) -> (B, D).
+        ``low``: that copy, when already made."""
+        if low is None:
+            low = area_resize(x, [self.context_size])[0]
         return self.context(low)
 
     def prior_step(self, h2: Tensor) -> tuple[ActionDist, Tensor]:
@@ -111,18 +113,25 @@ class AttentionModel(ParameterGroups, nn.Module):
         proposal: str = "prior",
         temperature: float = 1.0,
         deterministic: bool = False,
+        inputs: tuple[Tensor, Tensor] | None = None,
     ) -> Rollout:
         """Run K = num_samples trajectories per image, all B*K as one batch.
 
         x: (B, C, H, W), y: (B,) or None. ``proposal`` is "prior" or "q" (needs y).
         ``deterministic`` follows the policy's mode (location mean, likeliest scale).
+        ``inputs``: another rollout's ``inputs`` on the same x with the same weights (what
+        the sensor reads and the context features), reused instead of recomputed.
         """
         if proposal == "q" and y is None:
             raise ValueError("the inference network needs the labels y")
         B, K = x.shape[0], num_samples
         trace = ActionTrace((B, K), x.device, proposal, temperature, deterministic)
-        levels = self.sensor.pyramid(x)
-        context = self.forward_context(x)  # (B, D)
+        if inputs is None:
+            *levels, low = self.sensor.pyramid(x, also=(self.context_size,))
+            image = self.sensor.atlas(levels)
+            context = self.forward_context(x, low)  # (B, D)
+        else:
+            image, context = inputs[0], inputs[1].detach()
         h2 = context.unsqueeze(1).expand(B, K, -1)  # (B, K, D)
         h1 = torch.zeros_like(h2)
         label_emb = self.inference["label"](y).unsqueeze(1) if proposal == "q" else None
@@ -130,7 +139,7 @@ class AttentionModel(ParameterGroups, nn.Module):
             prior, prior_out = self.prior_step(h2)
             q = self.proposal_step(h2, prior_out, label_emb) if proposal == "q" else None
             loc, scale = trace.step(prior, q)
-            g = self.glimpse_features(self.sensor(levels, loc, scale), loc, scale)
+            g = self.glimpse_features(self.sensor(image, loc, scale), loc, scale)
             h1 = F.relu(self.core1(torch.cat([g, h1], -1)))
             h2 = F.relu(self.core2(torch.cat([h1, h2], -1)))
 
@@ -139,4 +148,4 @@ class AttentionModel(ParameterGroups, nn.Module):
         if y is not None:
             log_lik = class_log_probs.gather(-1, y.view(B, 1, 1).expand(B, K, 1)).squeeze(-1)
             baseline = self.predict_baseline(context)
-        return trace.rollout(B, K, class_log_probs, log_lik, baseline)
+        return trace.rollout(B, K, class_log_probs, log_lik, baseline, (image, context))
