@@ -50,6 +50,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
         if not ddp.is_main:
             return run_training(cfg, run_dir, resume, False, ddp)
         try:
+            cfg.check_inputs()
             prepare_run_dir(run_dir, resume, overwrite, cfg.input_paths())
             if resume:
                 check_resume(cfg, run_dir)
