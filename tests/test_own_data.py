@@ -119,6 +119,9 @@ def test_npz_trains_evaluates_shows_and_predicts(tmp_path: Path, cli) -> None:
     assert cli("evaluate", str(run))[0] == 0
     assert json.loads((run / "eval.json").read_text())["test_images"] == 6  # a fifth per class
     assert cli("show", str(run), "--num", "3")[0] == 0
+    code, out, err = cli("cost", str(run), "--seconds", "0.05", "--json", "--threads", "1")
+    assert code == 0, err
+    assert json.loads(out)[0]["input_values"] == 3 * (2 * 4 * 4 + 4 * 4)  # C x (N G^2 + ctx^2)
     picture = write_png(tmp_path / "blue.png", (16, 16), (0, 0, 255))
     code, out, err = cli("predict", str(run), str(picture), "--out", str(tmp_path / "p"))
     assert code == 0, err
@@ -265,3 +268,20 @@ def test_overwrite_with_bad_data_keeps_the_old_run(tmp_path: Path, cli) -> None:
     code, out, err = cli("train", "--run-dir", str(run), "--overwrite", *args)
     assert code == 2 and "0.png: cannot be read as an image" in err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_one_folder_is_split_a_fifth_per_class_for_test(tmp_path: Path) -> None:
+    from wsram.classification.data.own import load_folder
+
+    for name, colour in COLOURS.items():
+        for i in range(5):
+            write_png(tmp_path / name / f"{i}.jpg", (8, 8), colour)
+    (tmp_path / "notes.txt").write_text("not a class")  # files beside the classes: ignored
+    train = load_folder(tmp_path, "train", channels=1, side=8, fit="pad", num_classes=2)
+    test = load_folder(tmp_path, "test", channels=1, side=8, fit="pad", num_classes=2)
+    assert train.classes == test.classes == ["cat", "dog"]
+    assert sorted(test.labels.tolist()) == [0, 1]
+    assert sorted(train.labels.tolist()) == [0] * 4 + [1] * 4
+    assert train.images.shape == (8, 1, 8, 8)  # grey: RGB files converted
+    again = load_folder(tmp_path, "test", channels=1, side=8, fit="pad", num_classes=2)
+    assert torch.equal(again.images, test.images)

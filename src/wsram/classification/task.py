@@ -40,9 +40,9 @@ _own_cache: dict[tuple, DigitSet] = {}  # the last own split read: read once per
 
 
 def _load_own(cfg: ClassificationConfig, split: str) -> DigitSet:
-    """One split of an image folder or a .npz; the last one read is kept, keyed by what
-    shapes it and by every file's size and modification time, so that ``check_inputs`` and the task
-    read a large folder once."""
+    """One split of an image folder or a .npz. The last one read is kept, keyed by what
+    shapes it and by each file's size and modification time, so that ``check_inputs``
+    and the task read a large folder once."""
     from .data.own import data_signature, load_folder, load_npz
 
     side = math.ceil(cfg.digit_max)
@@ -69,18 +69,6 @@ def load_split(cfg: ClassificationConfig, split: str) -> DigitSet:
                         f"{'validation' if len(val) == 0 else 'training'} images at "
                         f"holdout_every {cfg.holdout_every}")
     return val if split == "val" else train
-
-
-def class_names(cfg: ClassificationConfig) -> list[str] | None:
-    """The names of the classes where the data give them (an image folder's folder names,
-    a ``.npz``'s ``classes``), else None."""
-    if cfg.source == "folder":
-        from .data.own import folder_classes
-
-        return folder_classes(cfg.data_dir)
-    if cfg.source == "npz":
-        return load_split(cfg, "train").classes
-    return None
 
 
 def test_set(cfg: ClassificationConfig, size: int | None = None, split: str = "test",
