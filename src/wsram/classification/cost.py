@@ -174,8 +174,9 @@ def run_cost(run_dir: str | Path, which: str = "last", device: str = "cpu",
     ev = _test_errors(run_dir, which, int(state["step"]))
     x, _ = test_set(cfg)
     H = cfg.canvas_size
-    macs = inference_macs(model, H)
-    sensor = sensor_macs(model, H)
+    C = cfg.channels
+    macs = inference_macs(model, H, C)
+    sensor = sensor_macs(model, H, C)
     model.to(device)
     speed = images_per_second(model, x.to(device), batch_size, seconds)
     return {
@@ -185,7 +186,7 @@ def run_cost(run_dir: str | Path, which: str = "last", device: str = "cpu",
                               "test_error_sampled", "samples", "test_images")},
         "macs": sum(macs.values()), "macs_sensor": sum(sensor.values()), "macs_by_part": macs,
         "glimpses": model.glimpses, "canvas_pixels": H * H,
-        "input_values": input_values(model, H),
+        "input_values": input_values(model, H, C),
         "pixels_glimpses": glimpse_pixels(model.cpu(), x),
         "pixels_with_context": H * H,
         "images_per_s": speed, "batch_size": batch_size, "device": device,

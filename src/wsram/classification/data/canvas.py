@@ -1,8 +1,11 @@
-"""Translated, scaled digits on a black canvas (paper Section 5.1).
+"""Translated, scaled digits on a black canvas (paper Section 5.1), optionally cluttered.
 
 Each canvas holds one digit, resized to a random side length in pixels and placed at a
 random location so that the whole scaled digit box lies inside the canvas. Rendering is
-one batched ``affine_grid`` + ``grid_sample`` call (bilinear, zero padding).
+one batched ``affine_grid`` + ``grid_sample`` call (bilinear, zero padding). Clutter (RAM,
+Mnih et al. 2014): ``distractors`` square crops of ``distractor_size`` source pixels, each
+cut at a random place from a random digit of the same set, pasted (pixel-wise maximum) at
+a random place on the canvas. Images may have C channels: (N, C, h, w).
 
 Pixel coordinates: pixel ``(row i, column j)`` covers ``[j, j+1) x [i, i+1)``, so a canvas
 of side H spans ``[0, H]``. ``centres[:, 0]`` is horizontal (x, columns) and
@@ -32,9 +35,11 @@ class CanvasSpec:
     canvas_size: int = 100  # canvas side H = W in pixels (paper: 100)
     digit_min: int = 24  # smallest digit side in pixels (MNIST digits are 28)
     digit_max: int = 56  # largest digit side in pixels; at most canvas_size
+    distractors: int = 0  # clutter crops per canvas
+    distractor_size: int = 8  # side of each clutter crop, in source (and canvas) pixels
 
     def __post_init__(self) -> None:
-        for name in ("canvas_size", "digit_min", "digit_max"):
+        for name in ("canvas_size", "digit_min", "digit_max", "distractors", "distractor_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"canvas: {name} must be a number, got {value!r}")
@@ -47,7 +52,12 @@ class CanvasSpec:
         if self.digit_max > self.canvas_size:
             raise ConfigError(f"canvas: digit_max={self.digit_max} does not fit on a canvas of "
                               f"side canvas_size={self.canvas_size}")
+        if self.distractors < 0 or not 1 <= self.distractor_size <= self.canvas_size:
+            raise ConfigError(f"canvas: need distractors >= 0 and 1 <= distractor_size <= "
+                              f"canvas_size, got {self.distractors}, {self.distractor_size}")
         self.canvas_size = int(self.canvas_size)
+        self.distractors = int(self.distractors)
+        self.distractor_size = int(self.distractor_size)
 
 
 def draw_placement(num: int, spec: CanvasSpec, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -67,24 +77,67 @@ def draw_placement(num: int, spec: CanvasSpec, generator: torch.Generator) -> tu
 def render(digits: Tensor, sizes: Tensor, centres: Tensor, canvas_size: int) -> Tensor:
     """Place each digit, resized to side ``sizes[b]`` pixels, centred at ``centres[b]``.
 
-    digits: (B, h, w) uint8 (0..255) or float in [0, 1]; sizes: (B,); centres: (B, 2) as
-    (x, y) pixels. Returns (B, 1, H, W) float32 in [0, 1], H = W = canvas_size.
+    digits: (B, h, w) or (B, C, h, w), uint8 (0..255) or float in [0, 1]; sizes: (B,);
+    centres: (B, 2) as (x, y) pixels. Returns (B, C, H, W) float32 in [0, 1] (C = 1 for
+    (B, h, w)), H = W = canvas_size.
 
     The output pixel at position p (pixel centre, in [0, H]) reads the digit at normalised
     coordinate (p - c) * 2 / s, i.e. theta = [[H/s, 0, (H - 2 c_x)/s], [0, H/s, (H - 2 c_y)/s]].
     Bilinear sampling against zero padding lets the digit's outermost source pixels fade
     over an extra s/56 px (< 1 px at these sizes); MNIST's blank border makes that moot.
     """
-    if digits.dim() != 3:
-        raise ValueError(f"digits must be (B, h, w), got {tuple(digits.shape)}")
-    x = digits.unsqueeze(1)  # (B, 1, h, w)
+    if digits.dim() not in (3, 4):
+        raise ValueError(f"digits must be (B, h, w) or (B, C, h, w), got {tuple(digits.shape)}")
+    x = digits.unsqueeze(1) if digits.dim() == 3 else digits  # (B, C, h, w)
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     H = int(canvas_size)
     s = sizes.to(device=x.device, dtype=torch.float32)  # (B,)
     c = centres.to(device=x.device, dtype=torch.float32)  # (B, 2)
     grid = digit_grid(H / s, (H - 2 * c) / s[:, None], H)  # (B, H, W, 2)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.clamp_(0.0, 1.0)  # (B, 1, H, W)
+    return out.clamp_(0.0, 1.0)  # (B, C, H, W)
+
+
+def draw_clutter(num: int, spec: CanvasSpec, num_digits: int, side: int,
+                 generator: torch.Generator) -> Tensor:
+    """Where each canvas's distractors come from and go: (num, D, 5) int64 rows of (source
+    digit, crop row, crop column, canvas row, canvas column), D = spec.distractors, for
+    source images of side ``side``. One row of draws per canvas, like :func:`draw_placement`.
+    """
+    D, d, H = spec.distractors, spec.distractor_size, spec.canvas_size
+    if d > side:
+        raise ConfigError(f"canvas: distractor_size {d} is larger than the {side} px images "
+                          f"it is cut from")
+    u = torch.rand(num, D, 5, generator=generator, device=generator.device)  # (num, D, 5)
+    high = torch.tensor([num_digits, side - d + 1, side - d + 1, H - d + 1, H - d + 1],
+                        dtype=torch.float32, device=u.device)
+    return (u * high).long().minimum((high - 1).long())  # floor of uniform: integers
+
+
+def add_clutter(x: Tensor, digits: Tensor, clutter: Tensor, size: int) -> Tensor:
+    """Paste the distractor crops :func:`draw_clutter` describes onto canvases x in place.
+
+    x: (B, C, H, W) float in [0, 1]; digits: the source set (N, h, w) or (N, C, h, w),
+    uint8 or float in [0, 1]; clutter: (B, D, 5). Pixel-wise maximum, so the order of the
+    crops and of the digit does not matter. Returns x.
+    """
+    src = digits.unsqueeze(1) if digits.dim() == 3 else digits  # (N, C, h, w)
+    B = x.shape[0]
+    ar = torch.arange(size, device=x.device)
+    b = torch.arange(B, device=x.device)[:, None, None]  # (B, 1, 1)
+    xp = x.permute(0, 2, 3, 1)  # (B, H, W, C), a view: writes reach x
+    src_hwc = src.permute(0, 2, 3, 1)  # (N, h, w, C)
+    clutter = clutter.to(x.device)
+    for k in range(clutter.shape[1]):
+        i, r0, c0, pr, pc = clutter[:, k].unbind(-1)  # each (B,)
+        rows, cols = (r0[:, None] + ar)[:, :, None], (c0[:, None] + ar)[:, None, :]
+        dev = src.device
+        crop = src_hwc[i.to(dev)[:, None, None], rows.to(dev), cols.to(dev)]  # (B, d, d, C)
+        crop = crop.to(x.device)
+        crop = crop.float() / 255.0 if crop.dtype == torch.uint8 else crop.float()
+        prow, pcol = (pr[:, None] + ar)[:, :, None], (pc[:, None] + ar)[:, None, :]
+        xp[b, prow, pcol] = torch.maximum(xp[b, prow, pcol], crop)
+    return x
 
 
 def digit_grid(zoom: Tensor, shift: Tensor, H: int) -> Tensor:
@@ -118,7 +171,7 @@ class CanvasGenerator:
         self.spec = spec
         self.device = torch.device(device)
         self.seed = int(seed)
-        self._digits = digits.images.to(self.device, torch.float32) / 255.0  # (N, 28, 28)
+        self._digits = digits.images.to(self.device, torch.float32) / 255.0  # (N[, C], h, w)
         self._labels = digits.labels.to(self.device)  # (N,)
         self._generator = torch.Generator().manual_seed(self.seed)
 
@@ -126,14 +179,17 @@ class CanvasGenerator:
         return int(self._labels.shape[0])
 
     def sample(self, batch_size: int) -> tuple[Tensor, Tensor]:
-        """Draw a batch: x (B, 1, H, W) float32 in [0, 1] and y (B,) int64, on ``device``."""
+        """Draw a batch: x (B, C, H, W) float32 in [0, 1] and y (B,) int64, on ``device``."""
         if batch_size < 1:
             raise ConfigError(f"canvas generator: batch_size must be >= 1, got {batch_size}")
         g = self._generator
         idx = torch.randint(len(self), (batch_size,), generator=g)  # (B,)
         sizes, centres = draw_placement(batch_size, self.spec, g)  # (B,), (B, 2)
         idx = idx.to(self.device)
-        x = render(self._digits[idx], sizes, centres, self.spec.canvas_size)  # (B, 1, H, W)
+        x = render(self._digits[idx], sizes, centres, self.spec.canvas_size)  # (B, C, H, W)
+        if self.spec.distractors:
+            clutter = draw_clutter(batch_size, self.spec, len(self), self._digits.shape[-1], g)
+            add_clutter(x, self._digits, clutter, self.spec.distractor_size)
         return x, self._labels[idx]
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -155,7 +211,8 @@ def make_test_set(digits: DigitSet, spec: CanvasSpec, num: int | None = None,
     Sizes and positions come from a generator seeded with ``seed``, drawn for all canvases
     before rendering, so the result does not depend on the chunking, and the set for
     ``num=n`` is the first n canvases of any larger one. Returns
-    x (N, 1, H, W) float32 and y (N,) int64 on the CPU.
+    x (N, C, H, W) float32 and y (N,) int64 on the CPU. Distractors come from ``digits``
+    only, so a test set's clutter is cut from test digits.
     """
     n = len(digits) if num is None else int(num)
     if not 1 <= n <= len(digits):
@@ -163,10 +220,16 @@ def make_test_set(digits: DigitSet, spec: CanvasSpec, num: int | None = None,
                           f"available, got {num}")
     g = torch.Generator().manual_seed(int(seed))
     sizes, centres = draw_placement(n, spec, g)  # (N,), (N, 2)
+    clutter = (draw_clutter(n, spec, len(digits), digits.images.shape[-1], g)
+               if spec.distractors else None)  # (N, D, 5)
     H = spec.canvas_size
-    x = torch.empty(n, 1, H, H)  # (N, 1, H, W)
+    C = digits.channels
+    x = torch.empty(n, C, H, H)  # (N, C, H, W)
     for start in range(0, n, _TEST_CHUNK):
         stop = min(n, start + _TEST_CHUNK)
         x[start:stop] = render(digits.images[start:stop], sizes[start:stop],
                                centres[start:stop], H)
+        if clutter is not None:
+            add_clutter(x[start:stop], digits.images, clutter[start:stop],
+                        spec.distractor_size)
     return x, digits.labels[:n].clone()

@@ -43,15 +43,17 @@ _BUNDLED_TEST_PER_CLASS = 100
 
 @dataclass
 class DigitSet:
-    """Grey-level digit images with their classes."""
+    """Images with their classes: grey-level digits (N, 28, 28), or any square images of
+    C channels (N, C, h, w); ``classes`` names each label when known (an image folder)."""
 
-    images: Tensor  # (N, 28, 28) uint8
+    images: Tensor  # (N, h, w) or (N, C, h, w) uint8
     labels: Tensor  # (N,) int64
+    classes: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 3:
-            raise ValueError(f"images must be uint8 (N, H, W), got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+        if self.images.dtype != torch.uint8 or self.images.dim() not in (3, 4):
+            raise ValueError(f"images must be uint8 (N, H, W) or (N, C, H, W), got "
+                             f"{self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
             raise ValueError(f"labels must be int64 ({self.images.shape[0]},), got "
                              f"{self.labels.dtype} {tuple(self.labels.shape)}")
@@ -59,15 +61,19 @@ class DigitSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def channels(self) -> int:
+        return 1 if self.images.dim() == 3 else int(self.images.shape[1])
+
     def subset(self, index: Tensor) -> DigitSet:
-        return DigitSet(self.images[index], self.labels[index])
+        return DigitSet(self.images[index], self.labels[index], self.classes)
 
 
 def holdout(digits: DigitSet, every: int) -> tuple[DigitSet, DigitSet]:
     """Split a training set into (training, validation): every ``every``-th digit (indices
     every-1, 2*every-1, ...) is held out for validation; ``every`` 0 holds out none."""
     if every == 0:
-        return digits, DigitSet(digits.images[:0], digits.labels[:0])
+        return digits, DigitSet(digits.images[:0], digits.labels[:0], digits.classes)
     held = torch.zeros(len(digits), dtype=torch.bool)
     held[every - 1::every] = True
     return digits.subset(~held), digits.subset(held)
