@@ -105,14 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampled", action="store_true",
                    help="draw one sampled trajectory instead of the deterministic policy")
     s.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    _add_predict_cost_compare_parsers(sub, ClassificationConfig)
+    _add_caption_parsers(sub)
+    return parser
+
+
+def _add_predict_cost_compare_parsers(sub: Any, cls: type[TrainConfig]) -> None:
+    """``wsram predict``, ``wsram cost`` and ``wsram compare``."""
     pr = sub.add_parser("predict", help="class of each image file, top-k probabilities, and "
                         "a PNG of the glimpses (RUN/predictions/ unless --out)")
     pr.set_defaults(func=cmd_predict)
     pr.add_argument("run_dir", metavar="RUN")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
-    pr.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
-    pr.add_argument("--samples", type=int, help="M, trajectories averaged (default: the run's)")
-    pr.add_argument("--out", help="folder for the PNGs (default RUN/predictions)")
+    pr.add_argument("--top-k", type=int, default=3, metavar="K",
+                    help="classes listed per image (default 3)")
+    pr.add_argument("--samples", type=int, metavar="M",
+                    help="M, trajectories averaged (default: the run's)")
+    pr.add_argument("--out", metavar="DIR", help="folder for the PNGs (default RUN/predictions)")
     pr.add_argument("--checkpoint", choices=["last", "best"], default="last")
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
     k = sub.add_parser("cost", help="error, MACs, pixels read and images/s of runs, side by side")
@@ -127,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="train the paper's variants alike over seeds and "
                        "learning rates; tables and figures with intervals")
     c.set_defaults(func=cmd_compare)
-    c.add_argument("--out", help="folder for the runs, results.md/json and figures")
-    c.add_argument("--config", help="YAML file of config keys shared by every run")
+    c.add_argument("--out", metavar="DIR", help="folder for the runs, results.md/json and figures")
+    c.add_argument("--config", metavar="PATH",
+                   help="YAML file of config keys shared by every run")
     c.add_argument("--seeds", type=int, nargs="+", metavar="S",
                    help="seeds of every run (default: the config's seed)")
     c.add_argument("--lrs", type=float, nargs="+", metavar="LR",
@@ -138,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--at-chosen-rate", nargs="+", metavar="M", default=[],
                    help="methods trained only at the rate chosen for their family: var at "
                    "var+c's, wsram at wsram+c's, wsram+q at wsram+q+c's, vimco at var+c's")
-    c.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
+    c.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="runs trained in parallel processes")
     c.add_argument("--no-explore", action="store_true",
                    help="skip the exploration-heuristics study (paper Figure 4)")
     c.add_argument("--plot-only", metavar="DIR",
@@ -146,10 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-step", type=int, metavar="N",
                    help="with --plot-only: compare training curves up to update N only")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_config_options(c, ClassificationConfig)
-
-    _add_caption_parsers(sub)
-    return parser
+    _add_config_options(c, cls)
 
 
 def _add_caption_parsers(sub: Any) -> None:
