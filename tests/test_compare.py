@@ -91,3 +91,5 @@ def test_compare_over_seeds_and_rates_chooses_rates_and_trains_families(cli,
     assert before == {p: p.read_text() for p in out.glob("*/*/metrics.jsonl")}
     code, _, err = cli("compare", "--out", str(out), "--methods", "cnn", *TINY)
     assert code == 2 and "unknown attention method 'cnn'" in err
+    code, _, err = cli("compare", "--out", str(out), "--max-step", "4", *TINY)
+    assert code == 2 and "--max-step goes with --plot-only" in err

@@ -180,6 +180,29 @@ def test_a_folder_without_checkpoint_resumes_afresh(cli, tmp_path: Path) -> None
     assert without_time(read_metrics(run)) == without_time(read_metrics(ref))
 
 
+def test_a_restart_keeps_the_earlier_best_and_a_refused_start_touches_nothing(
+        cli, tmp_path: Path, monkeypatch) -> None:
+    run = tmp_path / "run"
+    assert cli("train", "--run-dir", str(run), "--steps", "5", *FLAGS)[0] == 0
+    (run / "last.pt").unlink()  # killed after an evaluation, before its first checkpoint
+    best = (run / "best.pt").read_bytes()
+    code, _, err = cli("train", "--run-dir", str(run), "--resume", "--no-progress")
+    assert code == 0 and "kept as best-before-restart.pt" in err
+    assert (run / "best-before-restart.pt").read_bytes() == best
+    # Another start that finds the folder taken (here: the snapshot of what was there is
+    # from before the first process made it) leaves every file of the first in place.
+    from wsram import train as train_module
+
+    monkeypatch.setattr(train_module, "entries_before_start", lambda d: tmp_path / "x")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("task: classification\n")
+    (other / "metrics.jsonl").write_text("")
+    code, _, err = cli("train", "--run-dir", str(other), "--steps", "5", *FLAGS)
+    assert code == 2 and "holds a run" in err
+    assert sorted(os.listdir(other)) == ["config.yaml", "metrics.jsonl"]
+
+
 OOM = ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 42949672960 bytes. "
        "Error code 12 (Cannot allocate memory)")
 

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,15 @@ def test_the_readme_has_python_snippets() -> None:
 @pytest.mark.parametrize("index", range(len(readme_snippets())))
 def test_readme_python_snippet_runs(index: int, capsys) -> None:
     code = readme_snippets()[index]
-    exec(compile(code, f"README.md python snippet {index + 1}", "exec"), {"__name__": "snippet"})
+    scope: dict = {"__name__": "snippet"}
+    exec(compile(code, f"README.md python snippet {index + 1}", "exec"), scope)
+    if "loss" in scope:  # the estimator and model snippets: a finite loss
+        assert torch.isfinite(scope["loss"]).all()
+    if "out" in scope and hasattr(scope["out"], "ess"):
+        assert ((scope["out"].ess >= 1) & (scope["out"].ess <= 5 + 1e-5)).all()
+    if "print(" in code:  # training from Python: its figures, errors in [0, 1]
+        values = [float(v) for v in capsys.readouterr().out.split()]
+        assert values and all(0 <= v <= 1 for v in values)
 
 
 def test_former_import_paths_still_work() -> None:

@@ -186,6 +186,8 @@ BAD_ARRAYS = {
     "mismatched lengths": (dict(y=np.zeros(23, np.int64)), "x has 24 images but y has 23"),
     "labels out of range": (dict(y=np.arange(24) % 4), "found 3 at index 3"),
     "NaN pixels": (dict(x=np.full((24, 3, 12, 12), np.nan, np.float32)), "NaN"),
+    "floats of no stated scale": (dict(x=np.full((24, 3, 12, 12), 1.5, np.float32)),
+                                  "in [0, 1] or whole numbers 0..255"),
 }
 
 

@@ -36,6 +36,7 @@ def test_mean_interval_of_known_samples() -> None:
 
 def test_t_quantiles() -> None:
     assert t975(1) == 12.706 and t975(2.7) == 4.303 and t975(30) == 2.042 and t975(500) == 1.96
+    assert t975(31) == 2.042 and t975(45) == 2.021 and t975(60) == 2.000 and t975(121) == 1.96
     with pytest.raises(ValueError):
         t975(0.5)
 
@@ -51,11 +52,15 @@ def test_welch_difference_of_known_samples() -> None:
     far = difference_interval([1.0, 1.1, 0.9], [5.0, 5.1, 4.9])
     assert far.excludes_zero and far.hi < 0
     assert difference_interval([1.0], [2.0]).n == 1  # no interval from one value a side
+    same = difference_interval([1.0, 1.0, 1.0], [2.0, 2.0, 2.0])  # no spread: no interval
+    assert same.mean == -1 and same.n == 1 and not same.excludes_null
 
 
 def test_ratio_of_updates_is_geometric_with_a_log_interval() -> None:
     r = ratio_interval([100.0, 100.0, 100.0], [300.0, 310.0, 290.0])  # A 3x faster
-    assert r.mean == pytest.approx(3.0, rel=0.01) and r.lo > 1 and r.excludes_zero
+    assert r.mean == pytest.approx(3.0, rel=0.01) and r.lo > 1 and r.excludes_null
+    wide = ratio_interval([100.0, 300.0, 200.0], [150.0, 250.0, 400.0])
+    assert wide.lo < 1 < wide.hi and not wide.excludes_null and wide.to_dict()["null"] == 1
     with pytest.raises(ValueError):
         ratio_interval([0.0], [1.0])
 

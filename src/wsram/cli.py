@@ -309,6 +309,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     else:
         if not args.out:
             raise WsramError("compare: give --out DIR (or --plot-only DIR)")
+        if args.max_step is not None:
+            raise WsramError("--max-step goes with --plot-only DIR (it redraws, trains nothing)")
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise WsramError(f"{args.out}: exists and is not a folder")
         positive("jobs", args.jobs)

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from .config import TrainConfig, load_yaml, saved_config
 from .errors import WsramError
 
 #: every file or folder a run may write (and ``--overwrite`` may delete)
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "eval.json", "glimpses.png",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "best-before-restart.pt",
+             "eval.json", "glimpses.png",
              "encoder.pt", "captions.json", "show", "tb")
 
 
@@ -53,7 +55,9 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
 
 
 #: what a run that stopped before its first checkpoint leaves that a fresh start replaces
-PARTIAL_FILES = ("metrics.jsonl", "tb", "best.pt")
+#: (a best.pt it wrote is moved aside to EARLIER_BEST, never deleted)
+PARTIAL_FILES = ("metrics.jsonl", "tb")
+EARLIER_BEST = "best-before-restart.pt"
 
 
 def clean_run_dir(run_dir: Path, overwrite: bool, partial: bool = False) -> None:
@@ -63,6 +67,10 @@ def clean_run_dir(run_dir: Path, overwrite: bool, partial: bool = False) -> None
     stays)."""
     for stale in run_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
+    if partial and not overwrite and (run_dir / "best.pt").is_file():
+        os.replace(run_dir / "best.pt", run_dir / EARLIER_BEST)
+        print(f"wsram: {run_dir}: the earlier start's best.pt is kept as {EARLIER_BEST}",
+              file=sys.stderr)
     if overwrite or partial:
         for f in RUN_FILES if overwrite else PARTIAL_FILES:
             if (run_dir / f).is_dir():
@@ -86,14 +94,18 @@ def entries_before_start(run_dir: Path) -> set[str] | Path:
 START_FILES = {".lock", ".write-test", "config.yaml", "metrics.jsonl", "tb"}
 
 
-def remove_failed_start(run_dir: Path, before: set[str] | Path) -> None:
+def remove_failed_start(run_dir: Path, before: set[str] | Path, locked: bool = True) -> None:
     """After a start that failed before any checkpoint: remove what it created (the
     folder itself, if it made it), so that the same command can simply be run again.
     Anything else (a pretrained encoder.pt, a best.pt) is kept, and ``--resume`` starts
-    such a folder afresh."""
+    such a folder afresh. A start that never held the folder's lock (``locked`` False:
+    another process may be writing there) removes only empty folders it made."""
     if not run_dir.is_dir() or (run_dir / "last.pt").exists():
         return
-    ours = set(os.listdir(run_dir)) - (before if isinstance(before, set) else set())
+    if not locked:
+        ours: set[str] = set()
+    else:
+        ours = set(os.listdir(run_dir)) - (before if isinstance(before, set) else set())
     if not ours <= START_FILES | {p.name for p in run_dir.glob(".*.tmp")}:
         return
     for name in ours:

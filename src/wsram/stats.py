@@ -10,20 +10,26 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Two-sided 95% quantiles of Student's t, t_{0.975, df}, for df = 1..30 (standard tables);
-# beyond 30 the normal quantile's 1.96 is within 2%.
+# Two-sided 95% quantiles of Student's t, t_{0.975, df}, for df = 1..30, 40, 60, 120
+# (standard tables); a df between two tabulated ones takes the lower one's (wider) value,
+# and beyond 120 the normal quantile 1.96 is within 1%.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
          2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
          2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975_LARGE = ((120, 1.980), (60, 2.000), (40, 2.021), (30, 2.042))
 
 
 def t975(df: float) -> float:
     """The 97.5% quantile of Student's t with ``df`` degrees of freedom (df >= 1; a
-    fractional df, as Welch's gives, takes the next lower whole df: a wider interval)."""
+    fractional df, as Welch's gives, rounds down: a wider interval)."""
     if df < 1:
         raise ValueError(f"need at least 1 degree of freedom, got {df}")
     d = int(math.floor(df))
-    return _T975[d - 1] if d <= len(_T975) else 1.96
+    if d <= len(_T975):
+        return _T975[d - 1]
+    if d > 120:
+        return 1.96
+    return next(t for lo, t in _T975_LARGE if d >= lo)
 
 
 @dataclass(frozen=True)
@@ -35,13 +41,20 @@ class Interval:
     lo: float
     hi: float
     n: int
+    null: float = 0.0  # the value of "no difference": 0 for differences, 1 for ratios
+
+    @property
+    def excludes_null(self) -> bool:
+        """Whether the interval excludes "no difference" (needs an interval: n > 1)."""
+        return self.n > 1 and (self.lo > self.null or self.hi < self.null)
 
     @property
     def excludes_zero(self) -> bool:
         return self.n > 1 and (self.lo > 0 or self.hi < 0)
 
     def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n,
+                "null": self.null, "excludes_null": self.excludes_null}
 
 
 def mean_interval(values: Sequence[float]) -> Interval:
@@ -73,8 +86,8 @@ def difference_interval(a: Sequence[float], b: Sequence[float]) -> Interval:
     va = sum((x - ma) ** 2 for x in a) / (na - 1) / na
     vb = sum((x - mb) ** 2 for x in b) / (nb - 1) / nb
     se = math.sqrt(va + vb)
-    if se == 0:
-        return Interval(d, d, d, min(na, nb))
+    if se == 0:  # every value alike on both sides: no spread to build an interval from
+        return Interval(d, d, d, 1)
     df = (va + vb) ** 2 / ((va ** 2 / (na - 1) if va else 0) + (vb ** 2 / (nb - 1) if vb else 0))
     h = t975(df) * se
     return Interval(d, d - h, d + h, min(na, nb))
@@ -86,7 +99,7 @@ def ratio_interval(a: Sequence[float], b: Sequence[float]) -> Interval:
     if any(x <= 0 for x in (*a, *b)):
         raise ValueError("ratios need positive values")
     d = difference_interval([math.log(x) for x in b], [math.log(x) for x in a])
-    return Interval(math.exp(d.mean), math.exp(d.lo), math.exp(d.hi), d.n)
+    return Interval(math.exp(d.mean), math.exp(d.lo), math.exp(d.hi), d.n, null=1.0)
 
 
 def smoothed(points: Sequence[tuple[int, float]], window: int = 5) -> list[tuple[int, float]]:

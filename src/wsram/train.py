@@ -59,6 +59,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
             with out_of_memory_is_one_line(cfg, run_dir):
                 return run_training(cfg, run_dir, resume, False, ddp)
         before = entries_before_start(run_dir)
+        locked = False  # until this process holds the folder's lock, its files are not ours
         try:
             old = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
             cfg.check_inputs()
@@ -72,13 +73,14 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
             if resume:
                 check_resume(cfg, run_dir)
             with RunLock(run_dir):
+                locked = True
                 clean_run_dir(run_dir, overwrite and not resume and not afresh,
                               partial=afresh)
                 with out_of_memory_is_one_line(cfg, run_dir):
                     return run_training(cfg, run_dir, resume, progress, ddp)
         except BaseException:
             ddp.announce(False)  # if rank 0 failed before training began, the others stop too
-            remove_failed_start(run_dir, before)
+            remove_failed_start(run_dir, before, locked)
             raise
         finally:
             _restore(old)

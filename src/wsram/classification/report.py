@@ -42,7 +42,7 @@ def _ratio(d: dict[str, Any] | None) -> str:
         return "-"
     if "mean" not in d:
         return f"reached {d['reached_a']}/{d['of_a']} vs {d['reached_b']}/{d['of_b']}"
-    star = " *" if d["excludes_zero"] and (d["lo"] > 1 or d["hi"] < 1) else ""
+    star = " *" if d["excludes_null"] else ""
     if d["n"] < 2:
         return f"{d['mean']:.2f}x"
     return f"{d['mean']:.2f}x [{d['lo']:.2f}, {d['hi']:.2f}]{star}"
@@ -53,7 +53,7 @@ def _diff_pct(d: dict[str, Any] | None) -> str:
         return "-"
     if d["n"] < 2:
         return f"{100 * d['mean']:+.1f}"
-    star = " *" if d["excludes_zero"] else ""
+    star = " *" if d["excludes_null"] else ""
     return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]{star}"
 
 

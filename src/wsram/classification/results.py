@@ -195,7 +195,7 @@ def differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, A
 
 
 def _diff(iv: Interval) -> dict[str, Any]:
-    return {**iv.to_dict(), "excludes_zero": iv.excludes_zero}
+    return iv.to_dict()
 
 
 def results(out_dir: Path, max_step: int | None = None) -> dict[str, Any]:

@@ -4,12 +4,12 @@ of (N, C, S, S) uint8 images that then play the digit's part on the canvas.
 Image folder: ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*``, or ``ROOT/<class>/*``
 split deterministically (a fixed fifth of each class is the test split). Class names are
 the folder names, in sorted order. Files are read by Pillow, converted to grey (C = 1) or
-RGB (C = 3). Arrays: ``x`` (N, H, W) or (N, C, H, W), uint8 or float (in [0, 1], or 0..255
-when any value exceeds 1), ``y`` (N,) integers, optionally ``x_test``/``y_test`` (else the
-same deterministic split) and ``classes`` (names). Every image is brought to S x S (S: the
-largest digit side, ``digit_max``): ``pad`` shrinks it to fit if needed, keeping its
-aspect, and pads it with black, centred; ``resize`` stretches it. Every problem is one
-:class:`~wsram.errors.DataError` naming the file.
+RGB (C = 3). Arrays: ``x`` (N, H, W) or (N, C, H, W), uint8 or float (in [0, 1], or whole
+numbers 0..255 when any value exceeds 1), ``y`` (N,) integers, optionally
+``x_test``/``y_test`` (else the same deterministic split) and ``classes`` (names). Every
+image is brought to S x S (S: the largest digit side, ``digit_max``): ``pad`` shrinks it
+to fit if needed, keeping its aspect, and pads it with black, centred; ``resize``
+stretches it. Every problem is one :class:`~wsram.errors.DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -180,6 +180,10 @@ def _to_uint8(x: np.ndarray, name: str, key: str) -> np.ndarray:
     if lo < 0 or hi > 255:
         raise DataError(f"{name}: {key} pixels must be in [0, 1] or 0..255, found "
                         f"{lo:g}..{hi:g}")
+    if 1 < hi and not np.array_equal(x, np.rint(x)):
+        # neither [0, 1] nor whole numbers 0..255: a scale the user did not say
+        raise DataError(f"{name}: {key} float pixels must be in [0, 1] or whole numbers "
+                        f"0..255, found {lo:g}..{hi:g}")
     scale = 255.0 if hi <= 1 else 1.0
     return np.rint(x.astype(np.float64) * scale).astype(np.uint8)
 
