@@ -78,7 +78,8 @@ def header(device: str) -> str:
         dev += f" ({torch.cuda.get_device_name(torch.device(device))})"
     return (f"# torch {torch.__version__}, device {dev}, {torch.get_num_threads()} threads, "
             f"CPU {cpu_model()} ({os.cpu_count()} cores visible), "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
+            f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', '(unset)')}")
 
 
 def sync(device: torch.device) -> None:
