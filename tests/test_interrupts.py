@@ -125,7 +125,7 @@ def test_a_finished_run_ends_with_a_summary(finished) -> None:
     best = row["best_step"]
     assert best in (15, 20) and f"best.pt holds update {best}" in err
     assert "the lowest eval/val_error_mc so far" in err
-    assert "evaluation at update 20, on the first 20 validation canvases" in err
+    assert "evaluation at update 20, on up to 20 validation canvases" in err
     assert f"val_error_mc               {row['eval/val_error_mc']:7.2%}" in err
     assert "names them test_error_*" in err  # not one name for two figures
     assert f"next: wsram evaluate {run}" in err and "files:" in err

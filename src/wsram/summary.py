@@ -35,7 +35,7 @@ def _figures(row: dict[str, Any], cfg: TrainConfig, command: str) -> list[str]:
         return []
     at = row.get("eval_step", row["last_step"])
     if hasattr(cfg, "holdout_every"):  # classification
-        where = (f"the first {cfg.eval_size} validation canvases (every {cfg.holdout_every}th "
+        where = (f"up to {cfg.eval_size} validation canvases (every {cfg.holdout_every}th "
                  "training digit, held out)" if cfg.holdout_every else
                  f"the first {cfg.eval_size} test canvases")
         lines = [f"  evaluation at update {at}, on {where}:"]

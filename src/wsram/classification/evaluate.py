@@ -66,7 +66,7 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
         # best.pt was picked by the periodic evaluations: on the validation set, or, for
         # runs saved before it existed, on the first eval_size test canvases (then its
         # test error on a set holding them is optimistic).
-        result["selected_on"] = (f"the first {cfg.eval_size} validation canvases"
+        result["selected_on"] = (f"up to {cfg.eval_size} validation canvases"
                                  if cfg.holdout_every else
                                  f"the first {cfg.eval_size} test canvases")
     if write:
