@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .policy import ActionDist
 
-__all__ = ["ActionTrace", "ParameterGroups", "Rollout", "device_of"]
+__all__ = ["ActionTrace", "ParameterGroups", "Rollout", "device_of", "inference_network"]
 
 
 @dataclass
@@ -149,6 +149,18 @@ class ActionTrace:
             baseline=baseline,
             inputs=inputs,
         )
+
+
+def inference_network(readers: dict[str, nn.Module], hidden: int, actions: int,
+                      ) -> nn.ModuleDict:
+    """q's network (eta): the modules that read its inputs (``readers``, created by the
+    caller in this order), then ``out``, a linear map to a correction of the prior's
+    ``actions`` emission outputs, zero at initialisation so that q starts as the prior and
+    learns where what it knows (the label, the word) says the prior is wrong."""
+    net = nn.ModuleDict({**readers, "out": nn.Linear(hidden, actions)})
+    nn.init.zeros_(net["out"].weight)
+    nn.init.zeros_(net["out"].bias)
+    return net
 
 
 def device_of(x: Any) -> torch.device:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..policy import ActionDist
-from ..rollout import ActionTrace, ParameterGroups, Rollout
+from ..rollout import ActionTrace, ParameterGroups, Rollout, inference_network
 from .vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -76,13 +76,8 @@ class CaptionModel(ParameterGroups, nn.Module):
         self.emission = nn.Linear(H, 2 + S)
         self.out = nn.Linear(2 * H, vocab_size)  # word from (h, glimpse)
         # --- eta: inference network q(a_t | state, target word) ---
-        self.inference = nn.ModuleDict({
-            "state": nn.Linear(H, H),
-            "word": nn.Embedding(vocab_size, H),
-            "out": nn.Linear(H, 2 + S),
-        })
-        nn.init.zeros_(self.inference["out"].weight)
-        nn.init.zeros_(self.inference["out"].bias)
+        self.inference = inference_network({"state": nn.Linear(H, H),
+                                            "word": nn.Embedding(vocab_size, H)}, H, 2 + S)
         # --- the VAR baseline b(x, y): reads features and caption, never the actions ---
         self.baseline = nn.Sequential(nn.Linear(sum(self.channels) + embed + 1, H), nn.ReLU(),
                                       nn.Linear(H, 1))

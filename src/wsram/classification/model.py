@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..policy import ActionDist
-from ..rollout import ActionTrace, ParameterGroups, Rollout
+from ..rollout import ActionTrace, ParameterGroups, Rollout, inference_network
 from .glimpse import GlimpseSensor, area_resize
 
 
@@ -65,13 +65,8 @@ class AttentionModel(ParameterGroups, nn.Module):
         # eta: inference network q(a_n | x, y, a_<n) from (stopped) top layer + label. It
         # outputs a correction to the prior's (stopped) emission, zero at initialisation, so
         # that q starts as the prior and learns where the label says the prior is wrong.
-        self.inference = nn.ModuleDict({
-            "label": nn.Embedding(num_classes, hidden),
-            "state": nn.Linear(hidden, hidden),
-            "out": nn.Linear(hidden, 2 + S),
-        })
-        nn.init.zeros_(self.inference["out"].weight)
-        nn.init.zeros_(self.inference["out"].bias)
+        self.inference = inference_network({"label": nn.Embedding(num_classes, hidden),
+                                            "state": nn.Linear(hidden, hidden)}, hidden, 2 + S)
         # VAR "+c": input-dependent baseline b(x) regressed on the reward log p(y|a,x) (M3)
         self.baseline = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
