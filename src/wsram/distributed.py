@@ -68,6 +68,13 @@ class Dist:
                   else torch.device("cpu"))
         return torch.tensor([value], device=device)
 
+    def finish(self) -> None:
+        """After a successful run, wait until every rank is done (rank 0 evaluates and
+        saves after the others' last update) before the group is torn down: a rank that
+        tears its connections down while another still uses the group can abort."""
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -57,7 +57,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
     try:
         if not ddp.is_main:
             with out_of_memory_is_one_line(cfg, run_dir):
-                return run_training(cfg, run_dir, resume, False, ddp)
+                row = run_training(cfg, run_dir, resume, False, ddp)
+            ddp.finish()
+            return row
         before = entries_before_start(run_dir)
         locked = False  # until this process holds the folder's lock, its files are not ours
         try:
@@ -77,7 +79,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
                 clean_run_dir(run_dir, overwrite and not resume and not afresh,
                               partial=afresh)
                 with out_of_memory_is_one_line(cfg, run_dir):
-                    return run_training(cfg, run_dir, resume, progress, ddp)
+                    row = run_training(cfg, run_dir, resume, progress, ddp)
+            ddp.finish()
+            return row
         except BaseException:
             ddp.announce(False)  # if rank 0 failed before training began, the others stop too
             remove_failed_start(run_dir, before, locked)
