@@ -19,7 +19,7 @@ from .captioning.config import CaptionConfig
 from .captioning.task import CaptionTask
 from .classification.config import ClassificationConfig
 from .classification.task import ClassificationTask
-from .config import TrainConfig, load_yaml, saved_config
+from .config import TrainConfig, load_yaml, make_config
 from .errors import ConfigError, WsramError
 from .methods import Method
 from .rollout import Rollout
@@ -128,7 +128,7 @@ def load_run(run_dir: str | Path, which: str = "last", task: str | None = None,
     (``which``: last or best); with ``task``, refuse a run of another task."""
     run_dir = Path(run_dir)
     spec, raw = read_run_config(run_dir, task)
-    cfg = saved_config(raw, spec.config_class)
+    cfg = make_config(raw, spec.config_class)  # raw holds the legacy values already
     path = run_dir / f"{which}.pt"
     state = checkpoint.load(path)
     checkpoint.check_model_config(path, state.get("config", {}), cfg.model_dict())
