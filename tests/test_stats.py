@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wsram.classification.results import choose_rates, discover_runs, summarise
+from wsram.classification.report import markdown
+from wsram.classification.results import choose_rates, discover_runs, results, summarise
 from wsram.stats import (
     difference_interval,
     first_reach,
@@ -114,3 +115,21 @@ def test_best_rate_rules(tmp_path: Path) -> None:
     assert rates["wsram+q+c"]["paper_rule_lr"] is None and rates["wsram+q+c"]["rule"] == "b"
     assert rates["wsram+q+c"]["lr"] == 0.001  # mean 0.9 at 0.001 beats 0.917 at 0.003
     assert "var+c+explore" not in rates
+
+
+def test_seconds_compare_only_on_one_kind_of_device(tmp_path: Path) -> None:
+    curve = [0.8, 0.6, 0.4, 0.25, 0.15, 0.1, 0.1, 0.1, 0.1, 0.1]
+    for s in (0, 1, 2):
+        fake_run(tmp_path, "var+c", 0.003, s, curve)
+        fake_run(tmp_path, "wsram+q+c", 0.003, s, curve)
+    cfg_path = tmp_path / "wsram+q+c" / "lr0.003-seed0" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg_path.write_text(yaml.safe_dump({**cfg, "device": "cuda:1"}))
+    res = results(tmp_path)
+    d = next(d for d in res["differences"] if d["condition"] == "each at its chosen rate")
+    # same curves: updates compare (ratio 1), seconds do not (one run trained on a GPU)
+    assert d["updates_to"]["0.3"]["mean"] == pytest.approx(1.0)
+    assert d["seconds_to"]["0.3"] == {"devices": ["cpu", "cuda"]}
+    assert res["table"]["wsram+q+c"]["devices"] == ["cpu", "cuda"]
+    assert res["table"]["var+c"]["seconds_per_update"]["mean"] == pytest.approx(0.1)
+    assert "trained on cpu and cuda" in markdown(res)

@@ -40,6 +40,8 @@ def _target(iv: dict[str, Any] | None, fmt: str = "{:.0f}") -> str:
 def _ratio(d: dict[str, Any] | None) -> str:
     if not d:
         return "-"
+    if "devices" in d:
+        return "trained on " + " and ".join(d["devices"])
     if "mean" not in d:
         return f"reached {d['reached_a']}/{d['of_a']} vs {d['reached_b']}/{d['of_b']}"
     star = " *" if d["excludes_null"] else ""
@@ -125,8 +127,8 @@ def _variants(res: dict[str, Any]) -> list[str]:
     lines = ["## Every variant at its rate", "",
              "| variant | lr | seeds | updates | final training error: 1 trajectory / mean of K "
              "| test error: 1 / mean of M / deterministic | final bound L_K | final ESS "
-             "| gradient variance | training time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| gradient variance | training time (s) | seconds per update | device |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, g in res["table"].items():
         lines.append(
             f"| {v} | {g['lr']:g} | {len(g['seeds'])} | {'/'.join(map(str, g['updates']))} | "
@@ -134,8 +136,10 @@ def _variants(res: dict[str, Any]) -> list[str]:
             f"{_pct(g['test_error_sampled'])} / {_pct(g['test_error_mc'])} / "
             f"{_pct(g['test_error_deterministic'])} | {_num(g['final_bound'])} | "
             f"{_num(g['final_ess'])} | {_num(g['final_grad_var'])} | "
-            f"{_num(g['train_time_s'], '{:.0f}')} |")
-    return lines + [""]
+            f"{_num(g['train_time_s'], '{:.0f}')} | {_num(g['seconds_per_update'], '{:.3f}')} | "
+            f"{', '.join(g['devices'])} |")
+    return lines + ["", "Seconds compare only between runs on one kind of device under the "
+                    "same load (the study's files record the device, not the load).", ""]
 
 
 def _targets(res: dict[str, Any]) -> list[str]:
@@ -144,12 +148,13 @@ def _targets(res: dict[str, Any]) -> list[str]:
              f"First update at which the running mean of {SMOOTH} logged training errors is "
              "at or below the level; training seconds at that update.", "",
              "| variant | lr | " + " | ".join(f"updates to {float(lv):.0%}" for lv in lvs)
-             + " | " + " | ".join(f"seconds to {float(lv):.0%}" for lv in lvs) + " |",
-             "|---|---|" + "---|" * (2 * len(lvs))]
+             + " | " + " | ".join(f"seconds to {float(lv):.0%}" for lv in lvs) + " | device |",
+             "|---|---|" + "---|" * (2 * len(lvs) + 1)]
     for v, g in res["table"].items():
         lines.append(f"| {v} | {g['lr']:g} | "
                      + " | ".join(_target(g["updates_to"][lv]) for lv in lvs) + " | "
-                     + " | ".join(_target(g["seconds_to"][lv]) for lv in lvs) + " |")
+                     + " | ".join(_target(g["seconds_to"][lv]) for lv in lvs) + " | "
+                     + ", ".join(g["devices"]) + " |")
     return lines + [""]
 
 
@@ -178,15 +183,18 @@ def _differences(res: dict[str, Any]) -> list[str]:
     lines = ["## Differences between methods", "",
              "A - B in percentage points (final training error of one trajectory, test "
              "error of the mean of M); for updates to a training error, how many times fewer "
-             "A needs than B (B / A; > 1: A is faster).", "",
+             "A needs than B (B / A; > 1: A is faster); the same for seconds, where both "
+             "trained on one kind of device.", "",
              "| A vs B | condition | final training error | test error (M) | "
-             + " | ".join(f"updates to {float(lv):.0%}: B/A" for lv in lvs) + " |",
-             "|---|---|---|---|" + "---|" * len(lvs)]
+             + " | ".join(f"updates to {float(lv):.0%}: B/A" for lv in lvs) + " | "
+             + " | ".join(f"seconds to {float(lv):.0%}: B/A" for lv in lvs) + " |",
+             "|---|---|---|---|" + "---|" * (2 * len(lvs))]
     for d in res["differences"]:
         lines.append(f"| {METHODS[d['a']].label} vs {METHODS[d['b']].label} | "
                      f"{d['condition']} | {_diff_pct(d['final_train_error'])} | "
                      f"{_diff_pct(d['test_error_mc'])} | "
-                     + " | ".join(_ratio(d["updates_to"][lv]) for lv in lvs) + " |")
+                     + " | ".join(_ratio(d["updates_to"][lv]) for lv in lvs) + " | "
+                     + " | ".join(_ratio(d["seconds_to"][lv]) for lv in lvs) + " |")
     return lines + [""]
 
 

@@ -44,6 +44,7 @@ class RunDir:
     seed: int
     dir: Path
     folder: str
+    device: str = "cpu"  # where it trained: seconds compare only between runs on one kind
 
     @property
     def method(self) -> str:
@@ -63,7 +64,8 @@ def discover_runs(out_dir: Path) -> list[RunDir]:
                    or float(raw.get("entropy", 0)))
         variant = str(raw.get("method", run.name)) + ("+explore" if explore else "")
         found.append(RunDir(variant, float(raw.get("lr", 1e-3)), int(raw.get("seed", 0)), run,
-                            run.relative_to(out_dir).as_posix()))
+                            run.relative_to(out_dir).as_posix(),
+                            str(raw.get("device", "cpu")).split(":")[0]))
     return found
 
 
@@ -88,6 +90,7 @@ def summarise(run: RunDir, max_step: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "variant": run.variant, "lr": run.lr, "seed": run.seed,
         "updates": err[-1][0] if err else 0,
+        "device": run.device,
         "train_time_s": seconds.get(err[-1][0]) if err else None,
         "final_train_error": final,
         "final_train_error_mc": _tail(_values(rows, "diag/error_mc"), 3),
@@ -99,6 +102,8 @@ def summarise(run: RunDir, max_step: int | None = None) -> dict[str, Any]:
                       and final <= lowest + MAX_RISE),
         "updates_to": {str(lv): first_reach(sm, lv) for lv in ERROR_LEVELS},
     }
+    out["seconds_per_update"] = (out["train_time_s"] / out["updates"]
+                                 if out["train_time_s"] is not None and out["updates"] else None)
     out["seconds_to"] = {k: (seconds.get(v) if v is not None else None)
                          for k, v in out["updates_to"].items()}
     ev_path = run.dir / "eval.json"
@@ -159,8 +164,9 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and 95% t-interval over seeds of every figure of a group of runs; targets that
     some seed never reached say how many did (``of``: the runs in the group)."""
     keys = ("final_train_error", "final_train_error_mc", "final_bound", "final_ess",
-            "final_grad_var", "train_time_s", *TEST_KEYS)
+            "final_grad_var", "train_time_s", "seconds_per_update", *TEST_KEYS)
     out: dict[str, Any] = {k: _interval([s[k] for s in summaries]) for k in keys}
+    out["devices"] = sorted({s["device"] for s in summaries})
     out["seeds"] = sorted(s["seed"] for s in summaries)
     out["updates"] = sorted({s["updates"] for s in summaries})
     out["converged"] = sum(bool(s["converged"]) for s in summaries)
@@ -177,14 +183,19 @@ def _reached(group: list[dict[str, Any]], what: str, lv: str) -> list[float] | N
 
 def differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
     """A - B for the final errors (Welch's interval) and B / A for updates and seconds to
-    each training-error level (how many times fewer A needs), where every run reached it."""
+    each training-error level (how many times fewer A needs), where every run reached it;
+    seconds only where both groups trained on one kind of device."""
     out: dict[str, Any] = {}
     for k in ("final_train_error", "final_train_error_mc", "final_bound", "test_error_mc"):
         va = [s[k] for s in a if s[k] is not None]
         vb = [s[k] for s in b if s[k] is not None]
         out[k] = _diff(difference_interval(va, vb)) if va and vb else None
+    devices = sorted({s["device"] for s in (*a, *b)})
     for what in ("updates_to", "seconds_to"):
         out[what] = {}
+        if what == "seconds_to" and len(devices) > 1:
+            out[what] = {lv: {"devices": devices} for lv in map(str, ERROR_LEVELS)}
+            continue
         for lv in map(str, ERROR_LEVELS):
             ra, rb = _reached(a, what, lv), _reached(b, what, lv)
             out[what][lv] = (_diff(ratio_interval(ra, rb)) if ra and rb else
