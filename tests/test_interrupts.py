@@ -19,7 +19,7 @@ from wsram.classification import plots as cls_plots
 from wsram.classification.config import ClassificationConfig
 from wsram.config import make_config
 from wsram.engine import Engine
-from wsram.run_dir import read_metrics
+from wsram.run_dir import RunLock, read_metrics
 from wsram.train import out_of_memory_message, train
 
 TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, context_size=8,
@@ -306,3 +306,27 @@ def test_glimpse_labels_on_one_spot_do_not_overprint() -> None:
     bottom = cls_plots.label_spots([(10, 99), (10, 99)], 100)
     assert all(y <= 93 for _, y in bottom) and bottom[0] != bottom[1]
 
+
+
+def test_stopping_a_parallel_compare_stops_its_trainings(tmp_path: Path) -> None:
+    """kill of compare --jobs 2: each training saves its update and ends with it."""
+    out = tmp_path / "c"
+    flags = [f for f in FLAGS if not f.startswith(("--method=", "--threads="))]
+    proc = subprocess.Popen([sys.executable, "-m", "wsram", "compare", "--out", str(out),
+                             "--methods", "var+c", "wsram+c", "--no-explore", "--jobs", "2",
+                             "--steps", "100000", *flags], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    runs = [out / m / "lr0.001-seed0" for m in ("var+c", "wsram+c")]
+    deadline = time.time() + 120
+    while (not all((r / "metrics.jsonl").is_file() and _step(r) >= 3 for r in runs)
+           and proc.poll() is None and time.time() < deadline):
+        time.sleep(0.05)
+    assert proc.poll() is None, "compare ended before its trainings began"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "stopping 2 running training(s)" in err
+    for r in runs:
+        assert "SIGTERM" in (r.parent / f"{r.name}.log").read_text()
+        assert torch.load(r / "last.pt", weights_only=True)["step"] == _step(r)
+        with RunLock(r):  # free: no training outlived compare
+            pass

@@ -115,6 +115,17 @@ def _restore(handlers: dict[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Within it, SIGTERM and SIGHUP end the process as Ctrl-C does (KeyboardInterrupt), so
+    that a parent can stop what it started before it exits."""
+    old = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
+    try:
+        yield
+    finally:
+        _restore(old)
+
+
 #: CUDA's allocation error (``torch.OutOfMemoryError`` from torch 2.5 on)
 _CUDA_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from ..config import replace
 from ..errors import WsramError
 from ..methods import METHODS
 from ..run_dir import check_resume
-from ..train import train
+from ..train import stop_signals_interrupt, train
 from .config import ClassificationConfig
 from .evaluate import evaluate_run
 
@@ -240,7 +242,22 @@ def _run_parallel(cfgs: dict[str, ClassificationConfig], out_dir: Path, jobs: in
     threads = max(1, cores // jobs)
     pending = list(cfgs.items())
     running: list[tuple[str, subprocess.Popen]] = []
-    failed = []
+    failed: list[str] = []
+    try:
+        with stop_signals_interrupt():
+            _schedule(pending, running, failed, out_dir, jobs, threads)
+    except KeyboardInterrupt:  # Ctrl-C, kill, hang-up: each run saves its update and stops
+        _stop_all(running)
+        raise
+    if failed:
+        raise WsramError(f"runs failed: {', '.join(failed)} (see their .log files in "
+                         f"{out_dir})")
+
+
+def _schedule(pending: list[tuple[str, ClassificationConfig]],
+              running: list[tuple[str, subprocess.Popen]], failed: list[str], out_dir: Path,
+              jobs: int, threads: int) -> None:
+    """Start pending runs as running ones end, ``jobs`` at a time; name the failed."""
     while pending or running:
         while pending and len(running) < jobs:
             name, cfg = pending.pop(0)
@@ -260,15 +277,28 @@ def _run_parallel(cfgs: dict[str, ClassificationConfig], out_dir: Path, jobs: in
         name, proc = _wait_any(running)
         if proc.returncode != 0:
             failed.append(name)
-    if failed:
-        raise WsramError(f"runs failed: {', '.join(failed)} (see their .log files in "
-                         f"{out_dir})")
+
+
+def _stop_all(running: list[tuple[str, subprocess.Popen]], timeout: float = 300) -> None:
+    """Ask every running training to stop (SIGTERM: it checkpoints its current update, as
+    ``wsram train`` does on Ctrl-C) and wait for them, so that none outlives ``compare``."""
+    if running:
+        print(f"wsram: stopping {len(running)} running training(s); each saves its current "
+              "update (compare again with the same options to continue)", file=sys.stderr)
+    for _, proc in running:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for _, proc in running:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_any(running: list[tuple[str, subprocess.Popen]]) -> tuple[str, subprocess.Popen]:
     """Wait until one of the running processes ends; remove and return it."""
-    import time
-
     while True:
         for i, (_, proc) in enumerate(running):
             if proc.poll() is not None:
