@@ -193,8 +193,7 @@ def _plot_exploration(out_dir: Path, res: dict, explored: list[str]) -> Path:
     for v in study:
         dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
         band(axes[0], dirs, "train/error", f"{v}, lr {table[v]['lr']:g}", smooth=5, scale=1e-3,
-             max_step=res.get("max_step"),
-              **method_style(v))
+             max_step=res.get("max_step"), **method_style(v))
     axes[0].set(title="Exploration heuristics", xlabel="updates (thousands)",
                 ylabel="training error")
     axes[0].legend(fontsize=7)
@@ -204,8 +203,7 @@ def _plot_exploration(out_dir: Path, res: dict, explored: list[str]) -> Path:
         scales = (_config(dirs[0]) or {}).get("scales", []) if dirs else []
         for i, sc in enumerate(scales):
             band(ax, dirs, f"diag/scale{i}", f"scale {sc:g}", scale=1e-3,
-                 max_step=res.get("max_step"), color=f"C{i}",
-                 linewidth=1.4)
+                 max_step=res.get("max_step"), color=f"C{i}", linewidth=1.4)
         ax.set(title=f"{v}: glimpse scales used", xlabel="updates (thousands)",
                ylabel="fraction of glimpses", ylim=(-0.02, 1.02))
         ax.legend(fontsize=7)
