@@ -93,3 +93,24 @@ def test_compare_over_seeds_and_rates_chooses_rates_and_trains_families(cli,
     assert code == 2 and "unknown attention method 'cnn'" in err
     code, _, err = cli("compare", "--out", str(out), "--max-step", "4", *TINY)
     assert code == 2 and "--max-step goes with --plot-only" in err
+
+
+def test_study_progress_reads_the_last_logged_update(tmp_path: Path) -> None:
+    from wsram.classification.compare import StudyProgress, last_logged_step
+    from wsram.classification.config import ClassificationConfig
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    assert last_logged_step(a) == 0  # nothing logged yet
+    rows = [{"step": 50 * i, "train/error": 0.5} for i in range(1, 400)]
+    (a / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                     + '{"step": 20000, "tra')  # torn by a crash
+    assert last_logged_step(a) == 50 * 399
+    cfg = ClassificationConfig(steps=30000)
+    bar = StudyProgress({"a": cfg, "b": cfg}, tmp_path, enabled=True)
+    assert (bar.bar.n, bar.bar.total) == (50 * 399, 60000)
+    b.mkdir()
+    (b / "metrics.jsonl").write_text(json.dumps({"step": 90000}) + "\n")  # past its budget
+    bar.ended("b", ok=False)
+    assert bar.bar.n == 50 * 399 + 30000 and "0/2 runs done, 1 failed" in bar._runs()
+    bar.close()

@@ -18,11 +18,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from tqdm import tqdm
 
 from ..checkpoint import atomic_write_bytes
 from ..config import replace
@@ -154,7 +156,7 @@ def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs:
             if row["stopped_by"] not in ("finished", "time limit"):  # a signal stops them all
                 raise KeyboardInterrupt
     else:
-        _run_parallel(cfgs, out_dir, jobs)
+        _run_parallel(cfgs, out_dir, jobs, progress)
 
 
 def _finished(cfg: ClassificationConfig, run_dir: Path) -> bool:
@@ -233,22 +235,27 @@ def variance_at_shared_parameters(out_dir: Path, rates: dict[str, float],
     return out
 
 
-def _run_parallel(cfgs: dict[str, ClassificationConfig], out_dir: Path, jobs: int) -> None:
+def _run_parallel(cfgs: dict[str, ClassificationConfig], out_dir: Path, jobs: int,
+                  progress: bool = True) -> None:
     """Run variants as separate processes, ``jobs`` at a time, sharing the CPU threads:
     each gets its share of the cores this process may use (OpenMP workers sleep when idle,
-    see ``wsram/__init__.py``, so more jobs than cores slow down in proportion)."""
+    see ``wsram/__init__.py``, so more jobs than cores slow down in proportion). One
+    progress bar counts the updates of all of them, read from their metrics files."""
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count() or 1)
     threads = max(1, cores // jobs)
     pending = list(cfgs.items())
     running: list[tuple[str, subprocess.Popen]] = []
     failed: list[str] = []
+    bar = StudyProgress(cfgs, out_dir, progress)
     try:
         with stop_signals_interrupt():
-            _schedule(pending, running, failed, out_dir, jobs, threads)
+            _schedule(pending, running, failed, out_dir, jobs, threads, bar)
     except KeyboardInterrupt:  # Ctrl-C, kill, hang-up: each run saves its update and stops
+        bar.close()
         _stop_all(running)
         raise
+    bar.close()
     if failed:
         raise WsramError(f"runs failed: {', '.join(failed)} (see their .log files in "
                          f"{out_dir})")
@@ -256,7 +263,7 @@ def _run_parallel(cfgs: dict[str, ClassificationConfig], out_dir: Path, jobs: in
 
 def _schedule(pending: list[tuple[str, ClassificationConfig]],
               running: list[tuple[str, subprocess.Popen]], failed: list[str], out_dir: Path,
-              jobs: int, threads: int) -> None:
+              jobs: int, threads: int, bar: StudyProgress) -> None:
     """Start pending runs as running ones end, ``jobs`` at a time; name the failed."""
     while pending or running:
         while pending and len(running) < jobs:
@@ -273,10 +280,73 @@ def _schedule(pending: list[tuple[str, ClassificationConfig]],
             log_path = run_dir.parent / f"{run_dir.name}.log"
             log = open(log_path, "a")
             running.append((name, subprocess.Popen(cmd, stdout=log, stderr=log)))
-            print(f"== {name} started (log: {log_path})", file=sys.stderr)
-        name, proc = _wait_any(running)
+            bar.say(f"== {name} started (log: {log_path})")
+        name, proc = _wait_any(running, bar.refresh)
+        bar.ended(name, proc.returncode == 0)
         if proc.returncode != 0:
             failed.append(name)
+
+
+class StudyProgress:
+    """A progress bar over the updates of a study's parallel runs: every few seconds, the
+    last logged update of each (the tail of its metrics.jsonl)."""
+
+    EVERY_S = 2.0
+
+    def __init__(self, cfgs: dict[str, ClassificationConfig], out_dir: Path, enabled: bool):
+        self.steps = {name: cfg.steps for name, cfg in cfgs.items()}
+        self.dirs = {name: out_dir / name for name in cfgs}
+        self.done: dict[str, bool] = {}
+        self.last = 0.0
+        self.bar = tqdm(total=sum(self.steps.values()), initial=self._updates(),
+                        disable=not enabled, dynamic_ncols=True, desc="study", unit="upd",
+                        file=sys.stderr)
+        self.bar.set_postfix_str(self._runs())
+
+    def _updates(self) -> int:
+        return sum(min(last_logged_step(self.dirs[n]), s) for n, s in self.steps.items())
+
+    def _runs(self) -> str:
+        ok = sum(self.done.values())
+        failed = len(self.done) - ok
+        return f"{ok}/{len(self.steps)} runs done" + (f", {failed} failed" if failed else "")
+
+    def refresh(self, force: bool = False) -> None:
+        if self.bar.disable or (not force and time.monotonic() - self.last < self.EVERY_S):
+            return
+        self.last = time.monotonic()
+        self.bar.n = self._updates()
+        self.bar.set_postfix_str(self._runs())  # redraws
+
+    def ended(self, name: str, ok: bool) -> None:
+        self.done[name] = ok
+        self.refresh(force=True)
+
+    def say(self, line: str) -> None:
+        if self.bar.disable:
+            print(line, file=sys.stderr)
+        else:
+            self.bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def last_logged_step(run_dir: Path) -> int:
+    """The update of the last line of a run's metrics.jsonl (read from its end); 0 if none."""
+    try:
+        with open(run_dir / "metrics.jsonl", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):  # a torn or cut line
+            continue
+    return 0
 
 
 def _stop_all(running: list[tuple[str, subprocess.Popen]], timeout: float = 300) -> None:
@@ -297,10 +367,13 @@ def _stop_all(running: list[tuple[str, subprocess.Popen]], timeout: float = 300)
             proc.wait()
 
 
-def _wait_any(running: list[tuple[str, subprocess.Popen]]) -> tuple[str, subprocess.Popen]:
-    """Wait until one of the running processes ends; remove and return it."""
+def _wait_any(running: list[tuple[str, subprocess.Popen]],
+              tick: Callable[[], None] = lambda: None) -> tuple[str, subprocess.Popen]:
+    """Wait until one of the running processes ends (calling ``tick`` meanwhile); remove
+    and return it."""
     while True:
         for i, (_, proc) in enumerate(running):
             if proc.poll() is not None:
                 return running.pop(i)
+        tick()
         time.sleep(0.2)
