@@ -49,6 +49,19 @@ def test_compare_end_to_end(cli, tmp_path: Path) -> None:
     res = json.loads((out / "results.json").read_text())
     assert res["runs"]["vimco/lr0.001-seed0"]["updates"] == 10
 
+    # Kept without checkpoints (as a study's committed files are) and given a longer
+    # budget: the run trains again from the start instead of failing.
+    for ckpt in vimco.glob("*.pt"):
+        ckpt.unlink()
+    for jobs in ("1", "2"):
+        code, _, err = cli("compare", "--out", str(out), "--steps", "12" if jobs == "1" else
+                           "14", *TINY, "--methods", "vimco", "--no-explore", "--jobs", jobs)
+        assert code == 0, err
+        steps = [r["step"] for r in map(json.loads, (vimco / "metrics.jsonl").open())
+                 if "train/error" in r]
+        assert steps == list(range(2, 15 if jobs == "2" else 13, 2))  # one run, from update 0
+        (vimco / "last.pt").unlink()
+
     # A different setup into the same folder is refused, not mixed in.
     code, _, err = cli("compare", "--out", str(out), "--steps", "10", *TINY,
                        "--samples", "4")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -321,10 +322,18 @@ def test_stopping_a_parallel_compare_stops_its_trainings(tmp_path: Path) -> None
     while (not all((r / "metrics.jsonl").is_file() and _step(r) >= 3 for r in runs)
            and proc.poll() is None and time.time() < deadline):
         time.sleep(0.05)
-    assert proc.poll() is None, "compare ended before its trainings began"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "stopping 2 running training(s)" in err
+    try:
+        assert proc.poll() is None, "compare ended before its trainings began"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:  # whatever happened, nothing of this test keeps running
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if shutil.which("pkill"):
+            subprocess.run(["pkill", "-KILL", "-f", str(out)], check=False)
+    assert proc.returncode == 130, err
+    assert "SIGTERM: stopping 2 running training(s)" in err and "wsram: interrupted" in err
     for r in runs:
         assert "SIGTERM" in (r.parent / f"{r.name}.log").read_text()
         assert torch.load(r / "last.pt", weights_only=True)["step"] == _step(r)

@@ -122,6 +122,9 @@ def test_seconds_compare_only_on_one_kind_of_device(tmp_path: Path) -> None:
     for s in (0, 1, 2):
         fake_run(tmp_path, "var+c", 0.003, s, curve)
         fake_run(tmp_path, "wsram+q+c", 0.003, s, curve)
+    d = next(d for d in results(tmp_path)["differences"]
+             if d["condition"] == "each at its chosen rate")
+    assert d["seconds_to"]["0.3"]["mean"] == pytest.approx(1.0)  # all on cpu: they compare
     cfg_path = tmp_path / "wsram+q+c" / "lr0.003-seed0" / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg_path.write_text(yaml.safe_dump({**cfg, "device": "cuda:1"}))
@@ -132,4 +135,12 @@ def test_seconds_compare_only_on_one_kind_of_device(tmp_path: Path) -> None:
     assert d["seconds_to"]["0.3"] == {"devices": ["cpu", "cuda"]}
     assert res["table"]["wsram+q+c"]["devices"] == ["cpu", "cuda"]
     assert res["table"]["var+c"]["seconds_per_update"]["mean"] == pytest.approx(0.1)
-    assert "trained on cpu and cuda" in markdown(res)
+    assert res["table"]["wsram+q+c"]["seconds_per_update"] is None  # not averaged
+    md = markdown(res)
+    assert "trained on cpu and cuda" in md and "mixed devices" in md
+    # a run resumed on another device: its rows say so, whatever its config says now
+    rows = (tmp_path / "var+c" / "lr0.003-seed1" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.dumps({**json.loads(r), "device": "cuda" if i < 3 else "cpu"})
+            for i, r in enumerate(rows)]
+    (tmp_path / "var+c" / "lr0.003-seed1" / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    assert results(tmp_path)["table"]["var+c"]["devices"] == ["cpu", "cuda"]

@@ -115,17 +115,6 @@ def _restore(handlers: dict[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
-@contextlib.contextmanager
-def stop_signals_interrupt() -> Iterator[None]:
-    """Within it, SIGTERM and SIGHUP end the process as Ctrl-C does (KeyboardInterrupt), so
-    that a parent can stop what it started before it exits."""
-    old = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
-    try:
-        yield
-    finally:
-        _restore(old)
-
-
 #: CUDA's allocation error (``torch.OutOfMemoryError`` from torch 2.5 on)
 _CUDA_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
@@ -244,7 +233,8 @@ class TrainState:
         """The window's means as a ``train/`` log row; a new window opens."""
         row = {"step": self.step,
                **{f"train/{k}": v.item() / self.count for k, v in self.sums.items()},
-               "train/nonfinite_total": self.nonfinite_total, "time": self.seconds()}
+               "train/nonfinite_total": self.nonfinite_total, "time": self.seconds(),
+               "device": self.device.type}  # where these seconds were spent
         self.sums, self.count = {}, 0
         return row
 

@@ -31,7 +31,7 @@ from ..config import replace
 from ..errors import WsramError
 from ..methods import METHODS
 from ..run_dir import check_resume
-from ..train import stop_signals_interrupt, train
+from ..train import StopRequest, train
 from .config import ClassificationConfig
 from .evaluate import evaluate_run
 
@@ -109,9 +109,10 @@ def compare(base: ClassificationConfig, out_dir: str | Path, plan: Plan, jobs: i
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_study(base, out_dir)
-    train_runs(base, out_dir, plan.grid_runs(), jobs, progress)
+    train_runs(base, out_dir, plan.grid_runs(), jobs, progress, "grid")
     rates = {m: c["lr"] for m, c in choose_rates(discover_runs(out_dir)).items()}
-    train_runs(base, out_dir, plan.chosen_runs(rates, base.lr), jobs, progress)
+    train_runs(base, out_dir, plan.chosen_runs(rates, base.lr), jobs, progress,
+               "at chosen rates")
     for run_dir in sorted(r.dir for r in discover_runs(out_dir)):
         _evaluate_if_stale(run_dir)
     shared = variance_at_shared_parameters(out_dir, rates)
@@ -142,7 +143,7 @@ def check_study(base: ClassificationConfig, out_dir: Path) -> None:
 
 
 def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs: int,
-               progress: bool) -> None:
+               progress: bool, label: str = "runs") -> None:
     """Train (or resume) each run, ``jobs`` at a time in separate processes; runs that
     already reached their budget are left as they are (their checkpoints need not exist:
     a study's committed files hold only config, metrics and eval)."""
@@ -156,7 +157,7 @@ def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs:
             if row["stopped_by"] not in ("finished", "time limit"):  # a signal stops them all
                 raise KeyboardInterrupt
     else:
-        _run_parallel(cfgs, out_dir, jobs, progress)
+        _run_parallel(cfgs, out_dir, jobs, progress, label, already=len(runs) - len(cfgs))
 
 
 def _finished(cfg: ClassificationConfig, run_dir: Path) -> bool:
@@ -171,11 +172,14 @@ def _finished(cfg: ClassificationConfig, run_dir: Path) -> bool:
 
 
 def _resumable(cfg: ClassificationConfig, run_dir: Path) -> bool:
-    """Whether run_dir holds an earlier run of this variant to continue; refuse one made
-    with another config (a longer budget or another machine may differ)."""
-    if not (run_dir / "last.pt").is_file():
+    """Whether run_dir holds an earlier run of this variant to continue (refusing one made
+    with another config; a longer budget or another machine may differ). One stopped
+    before its first checkpoint, or kept without checkpoints (a study's committed files),
+    is resumed too: ``train`` then starts it afresh."""
+    if not (run_dir / "config.yaml").is_file():
         return False
-    check_resume(cfg, run_dir)
+    if (run_dir / "last.pt").is_file():
+        check_resume(cfg, run_dir)
     return True
 
 
@@ -236,26 +240,32 @@ def variance_at_shared_parameters(out_dir: Path, rates: dict[str, float],
 
 
 def _run_parallel(cfgs: dict[str, ClassificationConfig], out_dir: Path, jobs: int,
-                  progress: bool = True) -> None:
+                  progress: bool = True, label: str = "runs", already: int = 0) -> None:
     """Run variants as separate processes, ``jobs`` at a time, sharing the CPU threads:
     each gets its share of the cores this process may use (OpenMP workers sleep when idle,
     see ``wsram/__init__.py``, so more jobs than cores slow down in proportion). One
-    progress bar counts the updates of all of them, read from their metrics files."""
+    progress bar counts the updates of all of them, read from their metrics files.
+
+    A signal (Ctrl-C, ``kill``, a hang-up) or a lost stderr only sets a flag: no run is
+    started after it, and every running one is asked to stop (each saves its current
+    update) and waited for, as on any error, so that none outlives ``compare``."""
+    if not cfgs:
+        return
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count() or 1)
     threads = max(1, cores // jobs)
     pending = list(cfgs.items())
     running: list[tuple[str, subprocess.Popen]] = []
     failed: list[str] = []
-    bar = StudyProgress(cfgs, out_dir, progress)
-    try:
-        with stop_signals_interrupt():
-            _schedule(pending, running, failed, out_dir, jobs, threads, bar)
-    except KeyboardInterrupt:  # Ctrl-C, kill, hang-up: each run saves its update and stops
-        bar.close()
-        _stop_all(running)
-        raise
-    bar.close()
+    with StopRequest() as stop:
+        bar = StudyProgress(cfgs, out_dir, progress, label, already)
+        try:
+            _schedule(pending, running, failed, out_dir, jobs, threads, bar, stop)
+        finally:
+            bar.close()
+            _stop_all(running, stop.reason or "an error", failed)
+    if stop.requested:
+        raise KeyboardInterrupt
     if failed:
         raise WsramError(f"runs failed: {', '.join(failed)} (see their .log files in "
                          f"{out_dir})")
@@ -263,10 +273,11 @@ def _run_parallel(cfgs: dict[str, ClassificationConfig], out_dir: Path, jobs: in
 
 def _schedule(pending: list[tuple[str, ClassificationConfig]],
               running: list[tuple[str, subprocess.Popen]], failed: list[str], out_dir: Path,
-              jobs: int, threads: int, bar: StudyProgress) -> None:
-    """Start pending runs as running ones end, ``jobs`` at a time; name the failed."""
-    while pending or running:
-        while pending and len(running) < jobs:
+              jobs: int, threads: int, bar: StudyProgress, stop: StopRequest) -> None:
+    """Start pending runs as running ones end, ``jobs`` at a time, until all ended or a
+    stop is requested; name the failed."""
+    while (pending or running) and not stop.requested:
+        while pending and len(running) < jobs and not stop.requested:
             name, cfg = pending.pop(0)
             run_dir = out_dir / name
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -278,10 +289,13 @@ def _schedule(pending: list[tuple[str, ClassificationConfig]],
             if _resumable(cfg, run_dir):
                 cmd.append("--resume")
             log_path = run_dir.parent / f"{run_dir.name}.log"
-            log = open(log_path, "a")
-            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=log)))
+            with open(log_path, "a") as log:
+                running.append((name, subprocess.Popen(cmd, stdout=log, stderr=log)))
             bar.say(f"== {name} started (log: {log_path})")
-        name, proc = _wait_any(running, bar.refresh)
+        ended = _wait_any(running, bar.refresh, lambda: stop.requested)
+        if ended is None:
+            return
+        name, proc = ended
         bar.ended(name, proc.returncode == 0)
         if proc.returncode != 0:
             failed.append(name)
@@ -293,13 +307,15 @@ class StudyProgress:
 
     EVERY_S = 2.0
 
-    def __init__(self, cfgs: dict[str, ClassificationConfig], out_dir: Path, enabled: bool):
+    def __init__(self, cfgs: dict[str, ClassificationConfig], out_dir: Path, enabled: bool,
+                 label: str = "runs", already: int = 0):
+        self.already = already  # runs of this phase that had finished before
         self.steps = {name: cfg.steps for name, cfg in cfgs.items()}
         self.dirs = {name: out_dir / name for name in cfgs}
         self.done: dict[str, bool] = {}
         self.last = 0.0
         self.bar = tqdm(total=sum(self.steps.values()), initial=self._updates(),
-                        disable=not enabled, dynamic_ncols=True, desc="study", unit="upd",
+                        disable=not enabled, dynamic_ncols=True, desc=label, unit="upd",
                         file=sys.stderr)
         self.bar.set_postfix_str(self._runs())
 
@@ -309,7 +325,8 @@ class StudyProgress:
     def _runs(self) -> str:
         ok = sum(self.done.values())
         failed = len(self.done) - ok
-        return f"{ok}/{len(self.steps)} runs done" + (f", {failed} failed" if failed else "")
+        return (f"{ok}/{len(self.steps)} runs done" + (f", {failed} failed" if failed else "")
+                + (f" ({self.already} finished before)" if self.already else ""))
 
     def refresh(self, force: bool = False) -> None:
         if self.bar.disable or (not force and time.monotonic() - self.last < self.EVERY_S):
@@ -349,12 +366,16 @@ def last_logged_step(run_dir: Path) -> int:
     return 0
 
 
-def _stop_all(running: list[tuple[str, subprocess.Popen]], timeout: float = 300) -> None:
+def _stop_all(running: list[tuple[str, subprocess.Popen]], reason: str, failed: list[str],
+              timeout: float = 300) -> None:
     """Ask every running training to stop (SIGTERM: it checkpoints its current update, as
     ``wsram train`` does on Ctrl-C) and wait for them, so that none outlives ``compare``."""
-    if running:
-        print(f"wsram: stopping {len(running)} running training(s); each saves its current "
-              "update (compare again with the same options to continue)", file=sys.stderr)
+    alive = [name for name, proc in running if proc.poll() is None]
+    if alive:
+        print(f"wsram: {reason}: stopping {len(alive)} running training(s) ({', '.join(alive)}); "
+              "each saves its current update (compare again with the same options to "
+              "continue)" + (f"; failed before: {', '.join(failed)}" if failed else ""),
+              file=sys.stderr)
     for _, proc in running:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -367,13 +388,14 @@ def _stop_all(running: list[tuple[str, subprocess.Popen]], timeout: float = 300)
             proc.wait()
 
 
-def _wait_any(running: list[tuple[str, subprocess.Popen]],
-              tick: Callable[[], None] = lambda: None) -> tuple[str, subprocess.Popen]:
+def _wait_any(running: list[tuple[str, subprocess.Popen]], tick: Callable[[], None],
+              give_up: Callable[[], bool]) -> tuple[str, subprocess.Popen] | None:
     """Wait until one of the running processes ends (calling ``tick`` meanwhile); remove
-    and return it."""
-    while True:
+    and return it; None as soon as ``give_up()`` says so."""
+    while not give_up():
         for i, (_, proc) in enumerate(running):
             if proc.poll() is not None:
                 return running.pop(i)
         tick()
         time.sleep(0.2)
+    return None

@@ -50,6 +50,11 @@ def _ratio(d: dict[str, Any] | None) -> str:
     return f"{d['mean']:.2f}x [{d['lo']:.2f}, {d['hi']:.2f}]{star}"
 
 
+def _seconds(group: dict[str, Any], cell: str) -> str:
+    """A group's seconds, unless its runs trained on more than one kind of device."""
+    return "mixed devices" if len(group["devices"]) > 1 else cell
+
+
 def _diff_pct(d: dict[str, Any] | None) -> str:
     if not d:
         return "-"
@@ -136,7 +141,8 @@ def _variants(res: dict[str, Any]) -> list[str]:
             f"{_pct(g['test_error_sampled'])} / {_pct(g['test_error_mc'])} / "
             f"{_pct(g['test_error_deterministic'])} | {_num(g['final_bound'])} | "
             f"{_num(g['final_ess'])} | {_num(g['final_grad_var'])} | "
-            f"{_num(g['train_time_s'], '{:.0f}')} | {_num(g['seconds_per_update'], '{:.3f}')} | "
+            f"{_seconds(g, _num(g['train_time_s'], '{:.0f}'))} | "
+            f"{_seconds(g, _num(g['seconds_per_update'], '{:.3f}'))} | "
             f"{', '.join(g['devices'])} |")
     return lines + ["", "Seconds compare only between runs on one kind of device under the "
                     "same load (the study's files record the device, not the load).", ""]
@@ -153,7 +159,8 @@ def _targets(res: dict[str, Any]) -> list[str]:
     for v, g in res["table"].items():
         lines.append(f"| {v} | {g['lr']:g} | "
                      + " | ".join(_target(g["updates_to"][lv]) for lv in lvs) + " | "
-                     + " | ".join(_target(g["seconds_to"][lv]) for lv in lvs) + " | "
+                     + " | ".join(_seconds(g, _target(g["seconds_to"][lv])) for lv in lvs)
+                     + " | "
                      + ", ".join(g["devices"]) + " |")
     return lines + [""]
 

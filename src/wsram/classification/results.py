@@ -90,7 +90,8 @@ def summarise(run: RunDir, max_step: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "variant": run.variant, "lr": run.lr, "seed": run.seed,
         "updates": err[-1][0] if err else 0,
-        "device": run.device,
+        # where its seconds were spent: each logged row's device (older files: the config's)
+        "devices": sorted({str(r["device"]) for r in rows if "device" in r} or {run.device}),
         "train_time_s": seconds.get(err[-1][0]) if err else None,
         "final_train_error": final,
         "final_train_error_mc": _tail(_values(rows, "diag/error_mc"), 3),
@@ -166,12 +167,16 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("final_train_error", "final_train_error_mc", "final_bound", "final_ess",
             "final_grad_var", "train_time_s", "seconds_per_update", *TEST_KEYS)
     out: dict[str, Any] = {k: _interval([s[k] for s in summaries]) for k in keys}
-    out["devices"] = sorted({s["device"] for s in summaries})
+    out["devices"] = sorted({d for s in summaries for d in s["devices"]})
+    mixed = len(out["devices"]) > 1  # seconds on different devices do not average
+    if mixed:
+        out["train_time_s"] = out["seconds_per_update"] = None
     out["seeds"] = sorted(s["seed"] for s in summaries)
     out["updates"] = sorted({s["updates"] for s in summaries})
     out["converged"] = sum(bool(s["converged"]) for s in summaries)
     for what in ("updates_to", "seconds_to"):
-        out[what] = {lv: _interval([s[what][lv] for s in summaries])
+        out[what] = {lv: None if what == "seconds_to" and mixed else
+                     _interval([s[what][lv] for s in summaries])
                      for lv in map(str, ERROR_LEVELS)}
     return out
 
@@ -190,7 +195,7 @@ def differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, A
         va = [s[k] for s in a if s[k] is not None]
         vb = [s[k] for s in b if s[k] is not None]
         out[k] = _diff(difference_interval(va, vb)) if va and vb else None
-    devices = sorted({s["device"] for s in (*a, *b)})
+    devices = sorted({d for s in (*a, *b) for d in s["devices"]})
     for what in ("updates_to", "seconds_to"):
         out[what] = {}
         if what == "seconds_to" and len(devices) > 1:
