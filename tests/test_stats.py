@@ -144,3 +144,27 @@ def test_seconds_compare_only_on_one_kind_of_device(tmp_path: Path) -> None:
             for i, r in enumerate(rows)]
     (tmp_path / "var+c" / "lr0.003-seed1" / "metrics.jsonl").write_text("\n".join(rows) + "\n")
     assert results(tmp_path)["table"]["var+c"]["devices"] == ["cpu", "cuda"]
+
+
+def test_band_of_a_log_figure_is_geometric(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wsram.figures import band
+
+    for i, v in enumerate((1.0, 100.0)):
+        d = tmp_path / f"r{i}"
+        d.mkdir()
+        (d / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s, "diag/grad_var": v}) + "\n" for s in (10, 20)))
+    dirs = [tmp_path / "r0", tmp_path / "r1"]
+    fig, ax = plt.subplots()
+    assert band(ax, dirs, "diag/grad_var", "g", log=True) == 2
+    assert band(ax, dirs, "diag/grad_var", "a") == 2
+    (geo, arith) = (line.get_ydata() for line in ax.get_lines())
+    assert list(geo) == pytest.approx([10.0, 10.0]) and list(arith) == pytest.approx([50.5] * 2)
+    lo = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert lo.min() > 0  # the band of the log values stays on a log axis
+    plt.close(fig)

@@ -3,6 +3,8 @@ runs drawn as their mean with a 95% band. They read run folders' files, never tr
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +29,23 @@ def curve(run_dir: Path, key: str, smooth: int = 1, max_step: int | None = None,
 
 
 def band(ax: Any, run_dirs: list[Path], key: str, label: str, smooth: int = 1,
-         scale: float = 1.0, max_step: int | None = None, **style: Any) -> int:
+         scale: float = 1.0, max_step: int | None = None, log: bool = False,
+         **style: Any) -> int:
     """Plot the mean over runs of a metrics key against updates (x ``scale``), with its 95%
-    Student-t interval across runs as a band, at the steps every run logged. Returns the
-    number of points drawn."""
+    Student-t interval across runs as a band, at the steps every run logged; with ``log``,
+    the geometric mean and the interval of the log values (for positive, skewed figures
+    on a log axis, such as a gradient variance). Returns the number of points drawn."""
     curves = [curve(d, key, smooth, max_step) for d in run_dirs]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    if log:
+        steps = [s for s in steps if all(c[s] > 0 for c in curves)]
     if not steps:
         return 0
-    ivs = [mean_interval([c[s] for c in curves]) for s in steps]
+    ivs = [mean_interval([math.log(c[s]) if log else c[s] for c in curves]) for s in steps]
+    back = math.exp if log else (lambda v: v)
     x = [s * scale for s in steps]
-    ax.plot(x, [iv.mean for iv in ivs], label=f"{label} (n={len(curves)})", **style)
+    ax.plot(x, [back(iv.mean) for iv in ivs], label=f"{label} (n={len(curves)})", **style)
     if len(curves) > 1:
-        ax.fill_between(x, [iv.lo for iv in ivs], [iv.hi for iv in ivs], alpha=0.18,
-                        color=style.get("color"), linewidth=0)
+        ax.fill_between(x, [back(iv.lo) for iv in ivs], [back(iv.hi) for iv in ivs],
+                        alpha=0.18, color=style.get("color"), linewidth=0)
     return len(steps)

@@ -141,12 +141,13 @@ def plot_comparison(out_dir: str | Path, res: dict) -> list[Path]:
         label = f"{v}, lr {table[v]['lr']:g}"
         band(axes[0], dirs, "train/error", label, smooth=5, scale=1e-3, max_step=cut,
              **method_style(v))
-        band(axes[1], dirs, "diag/grad_var", label, scale=1e-3, max_step=cut, **method_style(v))
+        band(axes[1], dirs, "diag/grad_var", label, scale=1e-3, max_step=cut, log=True,
+             **method_style(v))
         band(axes[2], dirs, "diag/ess", label, scale=1e-3, max_step=cut, **method_style(v))
     axes[0].set(title="Training error (running mean of 5 log steps)", ylim=(0, 1),
                 xlabel="updates (thousands)", ylabel="error (one sampled trajectory)")
-    axes[1].set(title="Variance of the gradient estimate", xlabel="updates (thousands)",
-                ylabel="trace of covariance", yscale="log")
+    axes[1].set(title="Variance of the gradient estimate (geometric mean)",
+                xlabel="updates (thousands)", ylabel="trace of covariance", yscale="log")
     axes[2].set(title="Effective sample size", xlabel="updates (thousands)",
                 ylabel=f"ESS (max K = {res['setup']['samples']})")
     for ax in axes:
