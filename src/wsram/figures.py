@@ -4,7 +4,6 @@ runs drawn as their mean with a 95% band. They read run folders' files, never tr
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Any
 
