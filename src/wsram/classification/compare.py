@@ -280,6 +280,9 @@ def _schedule(pending: list[tuple[str, ClassificationConfig]],
         while pending and len(running) < jobs and not stop.requested:
             name, cfg = pending.pop(0)
             run_dir = out_dir / name
+            if _finished(cfg, run_dir):  # finished meanwhile, by another process
+                bar.ended(name, True)
+                continue
             run_dir.mkdir(parents=True, exist_ok=True)
             cfg_file = run_dir.parent / f".{run_dir.name}.yaml"
             cfg_file.write_text(yaml.safe_dump(
