@@ -50,6 +50,12 @@ def _ratio(d: dict[str, Any] | None) -> str:
     return f"{d['mean']:.2f}x [{d['lo']:.2f}, {d['hi']:.2f}]{star}"
 
 
+def _label(variant: str) -> str:
+    """A variant's name in tables: its method's label, "+ heuristics" for "+explore"."""
+    method = variant.removesuffix("+explore")
+    return METHODS[method].label + (" + heuristics" if variant != method else "")
+
+
 def _seconds(group: dict[str, Any], cell: str) -> str:
     """A group's seconds, unless its runs trained on more than one kind of device."""
     return "mixed devices" if len(group["devices"]) > 1 else cell
@@ -197,7 +203,7 @@ def _differences(res: dict[str, Any]) -> list[str]:
              + " | ".join(f"seconds to {float(lv):.0%}: B/A" for lv in lvs) + " |",
              "|---|---|---|---|" + "---|" * (2 * len(lvs))]
     for d in res["differences"]:
-        lines.append(f"| {METHODS[d['a']].label} vs {METHODS[d['b']].label} | "
+        lines.append(f"| {_label(d['a'])} vs {_label(d['b'])} | "
                      f"{d['condition']} | {_diff_pct(d['final_train_error'])} | "
                      f"{_diff_pct(d['test_error_mc'])} | "
                      + " | ".join(_ratio(d["updates_to"][lv]) for lv in lvs) + " | "

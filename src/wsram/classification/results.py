@@ -31,8 +31,10 @@ FINAL_POINTS = 5  # logged training errors averaged into the final one
 SMOOTH = 5  # logged training errors in the running mean that updates-to-target reads
 ERROR_LEVELS = (0.5, 0.3, 0.2)
 TEST_KEYS = ("test_error_sampled", "test_error_mc", "test_error_deterministic")
-# Pairs (A, B) whose differences A - B are tabulated.
-PAIRS = (("wsram+q+c", "var+c"), ("wsram+c", "var+c"), ("wsram+q+c", "wsram+c"))
+# Pairs (A, B) whose differences A - B are tabulated: the methods, and each explored
+# method with and without the exploration heuristics (paper Figure 4).
+PAIRS = (("wsram+q+c", "var+c"), ("wsram+c", "var+c"), ("wsram+q+c", "wsram+c"),
+         ("var+c+explore", "var+c"), ("wsram+q+c+explore", "wsram+q+c"))
 
 
 @dataclass(frozen=True)
