@@ -168,3 +168,21 @@ def test_band_of_a_log_figure_is_geometric(tmp_path: Path) -> None:
     lo = ax.collections[0].get_paths()[0].vertices[:, 1]
     assert lo.min() > 0  # the band of the log values stays on a log axis
     plt.close(fig)
+
+
+def test_the_scale_each_run_settled_on(tmp_path: Path) -> None:
+    for seed, fractions in enumerate(([0.0, 1.0, 0.0], [0.0, 0.9, 0.1], [0.1, 0.2, 0.7])):
+        fake_run(tmp_path, "var+c", 0.003, seed, [0.8, 0.5, 0.3])
+        d = tmp_path / "var+c" / f"lr0.003-seed{seed}"
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        (d / "config.yaml").write_text(yaml.safe_dump({**cfg, "scales": [0.2, 0.4, 0.8]}))
+        early = {"step": 5, **{f"diag/scale{i}": f for i, f in enumerate((0.4, 0.3, 0.3))}}
+        late = {"step": 30, **{f"diag/scale{i}": f for i, f in enumerate(fractions)}}
+        with open(d / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(early) + "\n" + json.dumps(late) + "\n")
+    res = results(tmp_path)
+    run = res["runs"]["var+c/lr0.003-seed2"]
+    # the mean of the last 3 diagnostics: (0.4, 0.3, 0.3) and (0.1, 0.2, 0.7)
+    assert run["final_scales"] == pytest.approx({"0.2": 0.25, "0.4": 0.25, "0.8": 0.5})
+    assert res["table"]["var+c"]["settled_scale"] == {"0.4": 2, "0.8": 1}
+    assert "0.4: 2, 0.8: 1 (error" in markdown(res)

@@ -73,7 +73,8 @@ def _diff_pct(d: dict[str, Any] | None) -> str:
 def markdown(res: dict[str, Any]) -> str:
     """The whole results.md."""
     return "\n".join([*_header(res), *_rates(res), *_figure3(res), *_variants(res),
-                      *_targets(res), *_by_lr(res), *_differences(res), *_shared(res),
+                      *_targets(res), *_by_lr(res), *_scales(res), *_differences(res),
+                      *_shared(res),
                       *_notes()]) + "\n"
 
 
@@ -185,6 +186,26 @@ def _by_lr(res: dict[str, Any]) -> list[str]:
             cells.append("-" if a is None else f"{_pct(a['final_train_error'])}; "
                          f"{_target(a['updates_to']['0.3'])} upd.; "
                          f"{a['converged']}/{len(a['seeds'])} conv.")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _scales(res: dict[str, Any]) -> list[str]:
+    lrs = sorted({float(lr) for g in res["by_lr"].values() for lr in g})
+    if not any(a.get("settled_scale") for g in res["by_lr"].values() for a in g.values()):
+        return []
+    lines = ["## The glimpse scale each run settled on", "",
+             "The scale most of a run's glimpses use in its last 3 diagnostics, and how many "
+             "runs settled there; the final training error of each group beside it.", "",
+             "| variant | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+             "|---|" + "---|" * len(lrs)]
+    for v, g in res["by_lr"].items():
+        cells = []
+        for lr in lrs:
+            a = g.get(f"{lr:g}")
+            cells.append("-" if a is None or not a.get("settled_scale") else
+                         ", ".join(f"{sc}: {n}" for sc, n in a["settled_scale"].items())
+                         + f" (error {_pct(a['final_train_error'])})")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return lines + [""]
 

@@ -105,6 +105,7 @@ def summarise(run: RunDir, max_step: int | None = None) -> dict[str, Any]:
                       and final <= lowest + MAX_RISE),
         "updates_to": {str(lv): first_reach(sm, lv) for lv in ERROR_LEVELS},
     }
+    out["final_scales"] = final_scales(run, rows)
     out["seconds_per_update"] = (out["train_time_s"] / out["updates"]
                                  if out["train_time_s"] is not None and out["updates"] else None)
     out["seconds_to"] = {k: (seconds.get(v) if v is not None else None)
@@ -113,6 +114,28 @@ def summarise(run: RunDir, max_step: int | None = None) -> dict[str, Any]:
     ev = json.loads(ev_path.read_text()) if ev_path.is_file() else {}
     out.update({k: ev.get(k) for k in TEST_KEYS})
     return out
+
+
+def final_scales(run: RunDir, rows: list[dict[str, Any]], n: int = 3) -> dict[str, float]:
+    """The fraction of glimpses at each scale of the sensor (config ``scales``) in the
+    last ``n`` diagnostics: where the policy settled."""
+    scales = load_yaml(run.dir / "config.yaml").get("scales") or []
+    diag = [r for r in rows if "diag/scale0" in r][-n:]
+    if not diag:
+        return {}
+    return {f"{sc:g}": sum(float(r.get(f"diag/scale{i}", 0.0)) for r in diag) / len(diag)
+            for i, sc in enumerate(scales)}
+
+
+def settled(summaries: list[dict[str, Any]]) -> dict[str, int]:
+    """How many runs of a group settled on each glimpse scale (the one most of their
+    glimpses use at the end)."""
+    out: dict[str, int] = {}
+    for s in summaries:
+        if s.get("final_scales"):
+            top = max(s["final_scales"], key=s["final_scales"].get)
+            out[top] = out.get(top, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: float(kv[0])))
 
 
 def choose_rates(runs: list[RunDir], max_step: int | None = None) -> dict[str, dict[str, Any]]:
@@ -176,6 +199,7 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     out["seeds"] = sorted(s["seed"] for s in summaries)
     out["updates"] = sorted({s["updates"] for s in summaries})
     out["converged"] = sum(bool(s["converged"]) for s in summaries)
+    out["settled_scale"] = settled(summaries)
     for what in ("updates_to", "seconds_to"):
         out[what] = {lv: None if what == "seconds_to" and mixed else
                      _interval([s[what][lv] for s in summaries])
