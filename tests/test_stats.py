@@ -186,3 +186,14 @@ def test_the_scale_each_run_settled_on(tmp_path: Path) -> None:
     assert run["final_scales"] == pytest.approx({"0.2": 0.25, "0.4": 0.25, "0.8": 0.5})
     assert res["table"]["var+c"]["settled_scale"] == {"0.4": 2, "0.8": 1}
     assert "0.4: 2, 0.8: 1 (error" in markdown(res)
+
+
+def test_fisher_exact_of_known_tables() -> None:
+    from wsram.stats import fisher_exact
+
+    assert fisher_exact(3, 4, 1, 4) == pytest.approx(34 / 70)  # the tea-tasting table
+    assert fisher_exact(4, 4, 0, 4) == pytest.approx(2 / 70)
+    assert fisher_exact(4, 5, 0, 5) == pytest.approx(12 / 252)
+    assert fisher_exact(0, 5, 4, 5) == fisher_exact(4, 5, 0, 5)  # symmetric
+    assert fisher_exact(0, 3, 0, 3) == 1.0 and fisher_exact(2, 3, 2, 3) == 1.0
+    assert fisher_exact(2, 5, 0, 5) == pytest.approx(112 / 252)

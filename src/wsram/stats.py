@@ -1,5 +1,6 @@
 """Statistics across seeds: means with 95% Student-t intervals, differences and ratios of
-two methods with Welch's interval, and when a training curve first reaches a level.
+two methods with Welch's interval, Fisher's exact test of two counts of runs, and when a
+training curve first reaches a level.
 
 Pure functions of plain numbers; ``compare`` applies them to run folders.
 """
@@ -100,6 +101,20 @@ def ratio_interval(a: Sequence[float], b: Sequence[float]) -> Interval:
         raise ValueError("ratios need positive values")
     d = difference_interval([math.log(x) for x in b], [math.log(x) for x in a])
     return Interval(math.exp(d.mean), math.exp(d.lo), math.exp(d.hi), d.n, null=1.0)
+
+
+def fisher_exact(hits_a: int, of_a: int, hits_b: int, of_b: int) -> float:
+    """Two-sided p-value of Fisher's exact test that two groups of runs share one chance of
+    an outcome (``hits_a`` of ``of_a`` against ``hits_b`` of ``of_b``): the probability,
+    with the margins fixed, of every table no more likely than the one observed."""
+    hits, n = hits_a + hits_b, of_a + of_b
+
+    def prob(k: int) -> float:
+        return math.comb(hits, k) * math.comb(n - hits, of_a - k) / math.comb(n, of_a)
+
+    seen = prob(hits_a)
+    return min(1.0, sum(p for k in range(max(0, of_a - (n - hits)), min(hits, of_a) + 1)
+                        if (p := prob(k)) <= seen * (1 + 1e-9)))
 
 
 def smoothed(points: Sequence[tuple[int, float]], window: int = 5) -> list[tuple[int, float]]:

@@ -43,7 +43,11 @@ def _ratio(d: dict[str, Any] | None) -> str:
     if "devices" in d:
         return "trained on " + " and ".join(d["devices"])
     if "mean" not in d:
-        return f"reached {d['reached_a']}/{d['of_a']} vs {d['reached_b']}/{d['of_b']}"
+        p = d.get("fisher_p")
+        counts = f"reached {d['reached_a']}/{d['of_a']} vs {d['reached_b']}/{d['of_b']}"
+        if p is None or d["reached_a"] + d["reached_b"] == 0:
+            return counts
+        return counts + f" (p = {p:.2g}{' *' if p < 0.05 else ''})"
     star = " *" if d["excludes_null"] else ""
     if d["n"] < 2:
         return f"{d['mean']:.2f}x"
@@ -218,7 +222,9 @@ def _differences(res: dict[str, Any]) -> list[str]:
              "A - B in percentage points (final training error of one trajectory, test "
              "error of the mean of M); for updates to a training error, how many times fewer "
              "A needs than B (B / A; > 1: A is faster); the same for seconds, where both "
-             "trained on one kind of device.", "",
+             "trained on one kind of device. Where some runs never reached a level: how "
+             "many did, and p of Fisher's exact test (two-sided) that both groups share "
+             "one chance of reaching it.", "",
              "| A vs B | condition | final training error | test error (M) | "
              + " | ".join(f"updates to {float(lv):.0%}: B/A" for lv in lvs) + " | "
              + " | ".join(f"seconds to {float(lv):.0%}: B/A" for lv in lvs) + " |",

@@ -22,7 +22,14 @@ from ..checkpoint import atomic_write_bytes
 from ..config import load_yaml
 from ..errors import WsramError
 from ..run_dir import read_metrics
-from ..stats import Interval, difference_interval, first_reach, mean_interval, ratio_interval
+from ..stats import (
+    Interval,
+    difference_interval,
+    first_reach,
+    fisher_exact,
+    mean_interval,
+    ratio_interval,
+)
 from ..stats import smoothed as smooth
 
 CONVERGED_BELOW = 0.5
@@ -229,10 +236,14 @@ def differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, A
             continue
         for lv in map(str, ERROR_LEVELS):
             ra, rb = _reached(a, what, lv), _reached(b, what, lv)
-            out[what][lv] = (_diff(ratio_interval(ra, rb)) if ra and rb else
-                             {"reached_a": sum(s[what][lv] is not None for s in a),
-                              "reached_b": sum(s[what][lv] is not None for s in b),
-                              "of_a": len(a), "of_b": len(b)})
+            if ra and rb:
+                out[what][lv] = _diff(ratio_interval(ra, rb))
+                continue
+            hits_a = sum(s[what][lv] is not None for s in a)
+            hits_b = sum(s[what][lv] is not None for s in b)
+            out[what][lv] = {"reached_a": hits_a, "reached_b": hits_b, "of_a": len(a),
+                             "of_b": len(b), "fisher_p": fisher_exact(hits_a, len(a), hits_b,
+                                                                      len(b))}
     return out
 
 
