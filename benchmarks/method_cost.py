@@ -15,7 +15,6 @@ from __future__ import annotations  # noqa: I001 - wsram before torch, see below
 
 import argparse
 import statistics
-import time
 
 import wsram  # noqa: F401 - before torch, as the wsram command: its OpenMP settings
 import torch
@@ -28,6 +27,8 @@ from wsram.distributed import Dist
 from wsram.engine import Engine
 from wsram.methods import METHODS
 
+from ab_update import timed  # the same timed loop of updates
+
 
 def build(cfg: ClassificationConfig) -> tuple:
     gen = data.CanvasGenerator(data.load_digits("train"), data.CanvasSpec(
@@ -35,14 +36,6 @@ def build(cfg: ClassificationConfig) -> tuple:
     torch.manual_seed(0)
     engine = Engine(build_model(cfg), METHODS[cfg.method], cfg, Dist(), classification_metrics)
     return engine, gen, cfg
-
-
-def timed(run: tuple, n: int) -> float:
-    engine, gen, cfg = run
-    t0 = time.perf_counter()
-    for _ in range(n):
-        engine.update(*gen.sample(cfg.batch_size), False)
-    return time.perf_counter() - t0
 
 
 def main() -> None:

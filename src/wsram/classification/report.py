@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..methods import METHODS
@@ -176,42 +177,38 @@ def _targets(res: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _by_lr(res: dict[str, Any]) -> list[str]:
+def _lr_table(res: dict[str, Any], head: list[str],
+              cell: Callable[[dict[str, Any]], str]) -> list[str]:
+    """A table of every variant (rows) at every learning rate of the study (columns)."""
     lrs = sorted({float(lr) for g in res["by_lr"].values() for lr in g})
-    if len(lrs) < 2:
-        return []
-    lines = ["## Final training error and updates to 30% at each learning rate", "",
-             "| variant | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+    lines = [*head, "| variant | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
              "|---|" + "---|" * len(lrs)]
     for v, g in res["by_lr"].items():
-        cells = []
-        for lr in lrs:
-            a = g.get(f"{lr:g}")
-            cells.append("-" if a is None else f"{_pct(a['final_train_error'])}; "
-                         f"{_target(a['updates_to']['0.3'])} upd.; "
-                         f"{a['converged']}/{len(a['seeds'])} conv.")
+        cells = ["-" if g.get(f"{lr:g}") is None else cell(g[f"{lr:g}"]) for lr in lrs]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _by_lr(res: dict[str, Any]) -> list[str]:
+    if len({lr for g in res["by_lr"].values() for lr in g}) < 2:
+        return []
+    return _lr_table(res, ["## Final training error and updates to 30% at each learning rate",
+                           ""],
+                     lambda a: f"{_pct(a['final_train_error'])}; "
+                               f"{_target(a['updates_to']['0.3'])} upd.; "
+                               f"{a['converged']}/{len(a['seeds'])} conv.")
 
 
 def _scales(res: dict[str, Any]) -> list[str]:
-    lrs = sorted({float(lr) for g in res["by_lr"].values() for lr in g})
     if not any(a.get("settled_scale") for g in res["by_lr"].values() for a in g.values()):
         return []
-    lines = ["## The glimpse scale each run settled on", "",
-             "The scale most of a run's glimpses use in its last 3 diagnostics, and how many "
-             "runs settled there; the final training error of each group beside it.", "",
-             "| variant | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
-             "|---|" + "---|" * len(lrs)]
-    for v, g in res["by_lr"].items():
-        cells = []
-        for lr in lrs:
-            a = g.get(f"{lr:g}")
-            cells.append("-" if a is None or not a.get("settled_scale") else
-                         ", ".join(f"{sc}: {n}" for sc, n in a["settled_scale"].items())
-                         + f" (error {_pct(a['final_train_error'])})")
-        lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return _lr_table(
+        res, ["## The glimpse scale each run settled on", "",
+              "The scale most of a run's glimpses use in its last 3 diagnostics, and how many "
+              "runs settled there; the final training error of each group beside it.", ""],
+        lambda a: "-" if not a.get("settled_scale") else
+        ", ".join(f"{sc}: {n}" for sc, n in a["settled_scale"].items())
+        + f" (error {_pct(a['final_train_error'])})")
 
 
 def _differences(res: dict[str, Any]) -> list[str]:
