@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .schedule import SCHEDULES
 
 
 @dataclass
@@ -34,6 +35,10 @@ class TrainConfig:
     baseline_lr: float = 1e-3  # Adam learning rate of the VAR baseline network
     grad_clip: float = 10.0  # max gradient norm of each network (theta, eta, baseline); 0 = none
     cv_gamma: float = 1.0  # scale of the WS-RAM control-variate baselines (M11, M12)
+    lr_schedule: str = "constant"  # constant, or cosine (each rate down to lr_min x it)
+    warmup: int = 0  # updates of linear warm-up of every rate; 0 = none
+    lr_min: float = 0.0  # cosine's last rate, as a fraction of each network's starting rate
+    schedule_steps: int = 0  # the schedule's horizon in updates; 0 = steps at the run's start
     # --- exploration heuristics (METHOD.md 4.5); all off by default ---
     temperature: float = 1.0  # sample from a tempered proposal (>1: wider, flatter)
     coverage: float = 0.0  # weight of the location-coverage regulariser
@@ -79,6 +84,11 @@ class TrainConfig:
         need(self.time_limit >= 0, f"time_limit: must be >= 0, got {self.time_limit}")
         need(self.batch_size >= 1, f"batch_size: must be >= 1, got {self.batch_size}")
         need(self.lr > 0 and self.baseline_lr > 0, "lr, baseline_lr: must be > 0")
+        need(self.lr_schedule in SCHEDULES,
+             f"lr_schedule: expected {' or '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        need(self.warmup >= 0, f"warmup: must be >= 0, got {self.warmup}")
+        need(0 <= self.lr_min <= 1, f"lr_min: a fraction in [0, 1], got {self.lr_min}")
+        need(self.schedule_steps >= 0, f"schedule_steps: must be >= 0, got {self.schedule_steps}")
         need(self.grad_clip >= 0, f"grad_clip: must be >= 0, got {self.grad_clip}")
         need(self.temperature > 0, f"temperature: must be > 0, got {self.temperature}")
         need(self.coverage >= 0 and self.entropy >= 0, "coverage, entropy: must be >= 0")
@@ -98,6 +108,10 @@ class TrainConfig:
              "temperature: vimco's bound needs samples from the prior itself; "
              "use temperature 1 with vimco")
         return self
+
+    def horizon(self) -> int:
+        """The schedule's horizon: ``schedule_steps``, fixed when the run starts."""
+        return self.schedule_steps or self.steps
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

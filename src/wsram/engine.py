@@ -21,6 +21,7 @@ from .distributed import Dist
 from .estimators import EstimatorOutput
 from .methods import Method
 from .rollout import Rollout, device_of
+from .schedule import lr_factor
 
 #: a task's training metrics: (model, rollout, x, y, bf16) -> {"error": ..., ...}
 Metrics = Callable[[nn.Module, Rollout, Any, Tensor, bool], dict[str, Tensor]]
@@ -94,9 +95,21 @@ class Engine:
         self.params = [p for g in self.groups for p in g]
         self.rollout_fn = CompiledOrEager(model.rollout) if cfg.compile else model.rollout
 
-    def update(self, x: Any, y: Tensor, want_stop: bool) -> Update:
-        """Forward, backward, sync (with the stop vote), clip, guard, step."""
+    def set_rates(self, step: int) -> float:
+        """Set each network's rate for the update after ``step`` updates (the schedule,
+        ``schedule.py``); return the factor on the starting rates."""
         cfg = self.cfg
+        factor = lr_factor(cfg.lr_schedule, step, cfg.warmup, cfg.lr_min, cfg.horizon())
+        for opt, lr in ((self.opt, cfg.lr), (self.opt_b, cfg.baseline_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr * factor
+        return factor
+
+    def update(self, x: Any, y: Tensor, want_stop: bool, step: int | None = None) -> Update:
+        """Forward, backward, sync (with the stop vote), clip, guard, step. ``step``, the
+        updates done so far, sets the scheduled rates first (None: the rates stay)."""
+        cfg = self.cfg
+        lr_now = cfg.lr * self.set_rates(step) if step is not None else None
         loss, est, rollout, extra = forward_step(self.model, self.method, cfg, x, y,
                                                  self.rollout_fn, self.metrics)
         self.opt.zero_grad(set_to_none=True)
@@ -116,6 +129,8 @@ class Engine:
         self.opt_b.step()
         values = {"loss": loss, **extra, "ess": est.ess.mean(), "bound": est.bound.mean(),
                   "entropy": rollout.entropy.mean(), "grad_norm": norms[0], **est.terms}
+        if lr_now is not None and (cfg.lr_schedule != "constant" or cfg.warmup):
+            values["lr"] = torch.tensor(lr_now, device=loss.device)
         return Update(True, stop_votes, {k: v.detach() for k, v in values.items()})
 
     def state_dict(self) -> dict[str, Any]:

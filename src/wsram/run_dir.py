@@ -138,10 +138,17 @@ def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
         raise WsramError(f"{run_dir}: cannot resume: its config.yaml is not a "
                          f"{type(cfg).__name__} ({e})") from None
     diff = [f"{k} {saved[k]!r} -> {v!r}" for k, v in cfg.to_dict().items()
-            if saved.get(k) != v and k not in cfg.RESUMABLE_KEYS]
+            if saved.get(k) != v and k not in cfg.RESUMABLE_KEYS
+            and not (k == "schedule_steps" and v == 0)]  # 0 asks for the saved horizon
     if diff:
         raise WsramError(f"{run_dir}: cannot resume with a different config ({'; '.join(diff)}"
                          "); train into a new folder instead")
+
+
+def saved_horizon(run_dir: Path) -> int:
+    """The schedule horizon a run fixed at its start (its config.yaml's ``schedule_steps``;
+    0 for a run from before schedules, whose rates were constant)."""
+    return int(load_yaml(run_dir / "config.yaml").get("schedule_steps") or 0)
 
 
 def save_config(cfg: TrainConfig, run_dir: Path) -> None:

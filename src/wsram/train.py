@@ -25,10 +25,10 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, distributed, output
-from .config import TrainConfig
+from .config import TrainConfig, replace
 from .distributed import Dist
 from .engine import Engine
-from .errors import WsramError
+from .errors import CheckpointError, WsramError
 from .methods import METHODS
 from .run_dir import (
     RunLock,
@@ -38,6 +38,7 @@ from .run_dir import (
     prepare_run_dir,
     remove_failed_start,
     save_config,
+    saved_horizon,
     truncate_metrics,
 )
 from .tasks import Stream, Task, task_for
@@ -189,6 +190,7 @@ class TrainState:
             "torch_rng": torch.get_rng_state(), "nonfinite_total": self.nonfinite_total,
             "elapsed": self.seconds(), "world": self.ddp.world,
             "log_sums": {k: v.item() for k, v in self.sums.items()}, "log_count": self.count,
+            "schedule_steps": self.cfg.horizon(),
             **self.task.extra_state(),
         }
         if self.device.type == "cuda":
@@ -197,6 +199,10 @@ class TrainState:
 
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
         checkpoint.check_model_config(path, state["config"], self.cfg.model_dict())
+        horizon = state.get("schedule_steps", self.cfg.horizon())
+        if horizon != self.cfg.horizon():
+            raise CheckpointError(f"{path}: its schedule's horizon is {horizon} updates, the "
+                                  f"config's {self.cfg.horizon()}; resume with its config.yaml")
         checkpoint.load_into(self.model, state["model"], path)
         self.engine.load_state_dict(state)
         self.step, self.best = int(state["step"]), float(state["best"])
@@ -407,6 +413,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
                  ddp: Dist) -> dict[str, Any]:
     """Set up (or restore), loop over updates until ``cfg.steps``, a stop request or the
     time limit, then evaluate (when the budget was reached) and checkpoint."""
+    if not cfg.schedule_steps:  # the horizon is fixed at the start, then kept
+        cfg = replace(cfg, schedule_steps=saved_horizon(run_dir) if resume else cfg.steps)
     state = build_state(cfg, run_dir, resume, progress, ddp)
     main = ddp.is_main
     if main:
@@ -425,7 +433,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
                 # --- one update: batch, K trajectories per example, estimator, step ---
                 x, y = state.stream.sample(cfg.batch_size)
                 want_stop = stop.requested or time.perf_counter() >= deadline
-                upd = state.engine.update(x, y, want_stop)
+                upd = state.engine.update(x, y, want_stop, state.step)
                 if not upd.applied:
                     skip_nonfinite(state, run_dir)
                 else:

@@ -17,28 +17,38 @@ EVAL_SEED = 20151207  # evaluation draws its own random stream, apart from train
 @torch.no_grad()
 def test_errors(
     model: AttentionModel, x: Tensor, y: Tensor, samples: int = 10, batch_size: int = 250,
+    wrong_out: dict[str, list[int]] | None = None,
 ) -> dict[str, float]:
     """Error rates on (x, y), (N, C, H, W) and (N,):
 
     test_error_sampled:       one trajectory sampled from the policy per image;
     test_error_mc:            class probabilities averaged over ``samples`` trajectories;
     test_error_deterministic: the policy's mode (location mean, likeliest scale).
+
+    ``wrong_out``, if given, receives the indices of the images each way got wrong (for
+    tests paired on the same images, e.g. McNemar's).
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     wrong = {"sampled": 0, "mc": 0, "deterministic": 0}
+    where: dict[str, list[int]] = {k: [] for k in wrong}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(EVAL_SEED)
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(device)
             yb = y[i:i + batch_size].to(device)
             mc = model.rollout(xb, num_samples=samples).class_log_probs  # (B, M, C)
-            wrong["sampled"] += (mc[:, 0].argmax(-1) != yb).sum().item()
-            wrong["mc"] += (mc.exp().mean(1).argmax(-1) != yb).sum().item()
             det = model.rollout(xb, deterministic=True).class_log_probs[:, 0]
-            wrong["deterministic"] += (det.argmax(-1) != yb).sum().item()
+            for k, pred in (("sampled", mc[:, 0]), ("mc", mc.exp().mean(1)),
+                            ("deterministic", det)):
+                miss = pred.argmax(-1) != yb
+                wrong[k] += miss.sum().item()
+                if wrong_out is not None:
+                    where[k] += (miss.nonzero().flatten().cpu() + i).tolist()
     model.train(was_training)
+    if wrong_out is not None:
+        wrong_out.update(where)
     return {f"test_error_{k}": v / len(x) for k, v in wrong.items()}
 
 
@@ -55,8 +65,9 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
     model.to(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
     x, y = test_set(cfg, test_size)
     m = samples if samples is not None else cfg.eval_samples
+    wrong: dict[str, list[int]] = {}
     result = {
-        **test_errors(model, x, y, samples=m),
+        **test_errors(model, x, y, samples=m, wrong_out=wrong),
         "samples": m,
         "test_images": len(x),
         "step": int(state["step"]),
@@ -69,6 +80,7 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
         result["selected_on"] = (f"up to {cfg.eval_size} validation canvases"
                                  if cfg.holdout_every else
                                  f"the first {cfg.eval_size} test canvases")
+    result["wrong"] = wrong  # the test images each way got wrong, by index
     if write:
         write_result(result, Path(out) if out is not None else Path(run_dir) / "eval.json")
     return result
