@@ -52,7 +52,10 @@ def build(pkg: str, setup: str) -> tuple:
         "config", "classification.task", "classification.data", "engine", "distributed",
         "methods")}
     data = mod["classification.data"]
-    cfg = mod["config"].make_config(device="cpu", **SETUPS[setup])
+    # the classification config's make_config: its own since the task layout, else the core's
+    make = getattr(importlib.import_module(f"{pkg}.classification.config"), "make_config",
+                   mod["config"].make_config)
+    cfg = make(device="cpu", **SETUPS[setup])
     gen = data.CanvasGenerator(data.load_digits("train"), data.CanvasSpec(
         cfg.canvas_size, cfg.digit_min, cfg.digit_max), seed=1)
     torch.manual_seed(0)

@@ -30,7 +30,7 @@ from wsram.captioning.task import CaptionTask
 from wsram.config import make_config, replace
 from wsram.engine import forward_step
 from wsram.methods import METHODS
-from wsram.tasks import load_run
+from wsram.registry import load_run
 
 
 def main() -> None:

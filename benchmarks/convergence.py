@@ -4,6 +4,7 @@
     python benchmarks/convergence.py run --phase long --minutes 150
     python benchmarks/convergence.py status
     python benchmarks/convergence.py collect        # small files -> docs/convergence/runs
+    python benchmarks/convergence.py report         # docs/convergence/tables.md, figures
 
 ``run`` trains every run of the phase that has not reached its updates, ``--jobs`` at a
 time with one thread each, each under a ``--time-limit`` that ends it with a checkpoint
@@ -31,6 +32,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from wsram.study.convergence import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 PINNED = ROOT / "runs" / "pinned"
@@ -227,6 +230,11 @@ def cmd_collect(args: argparse.Namespace) -> None:
     print(f"copied the small files of {n} runs to {args.out}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    """Tables and figures from the committed files (``collect`` copies them there)."""
+    print(f"wrote {write_report(args.runs, args.out)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -240,9 +248,13 @@ def main(argv: list[str] | None = None) -> None:
               c := sub.add_parser("collect", help="copy small files into the docs")):
         q.add_argument("--root", default=str(ROOT / "runs" / "long"))
     c.add_argument("--out", default=str(DOCS_RUNS))
+    rp = sub.add_parser("report", help="docs/convergence/tables.md and figures, from files")
+    rp.add_argument("--runs", default=str(DOCS_RUNS), help="the runs' small files")
+    rp.add_argument("--out", default=str(DOCS_RUNS.parent))
     args = p.parse_args(argv)
     os.chdir(ROOT)
-    {"run": cmd_run, "status": cmd_status, "collect": cmd_collect}[args.cmd](args)
+    {"run": cmd_run, "status": cmd_status, "collect": cmd_collect,
+     "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":

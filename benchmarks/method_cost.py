@@ -22,7 +22,8 @@ import torch
 from wsram.classification import data
 from wsram.classification.config import ClassificationConfig
 from wsram.classification.task import build_model, classification_metrics
-from wsram.config import load_yaml, make_config, replace
+from wsram.classification import make_config
+from wsram.config import load_yaml, replace
 from wsram.distributed import Dist
 from wsram.engine import Engine
 from wsram.methods import METHODS

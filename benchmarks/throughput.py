@@ -47,7 +47,7 @@ from wsram.classification.cost import count_macs, images_per_second, sensor_macs
 from wsram.classification.data import CanvasGenerator, CanvasSpec, load_digits
 from wsram.classification.evaluate import test_errors
 from wsram.classification.task import build_model, classification_metrics, test_set
-from wsram.config import make_config
+from wsram.classification import make_config
 from wsram.distributed import Dist
 from wsram.engine import Engine
 from wsram.methods import METHODS

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CAPTION_TINY
 from torch import nn
 
 from wsram import checkpoint
@@ -55,6 +56,7 @@ def roll(m: CaptionModel, y: torch.Tensor, seed: int = 1, **kw):
 # The model
 
 
+@pytest.mark.slow
 def test_log_likelihood_sums_the_words_and_ignores_padding() -> None:
     m = model()
     y = captions()
@@ -251,7 +253,7 @@ def test_digit_encoder_layers_and_strides() -> None:
 
 def test_caption_config_checks() -> None:
     make_config({}, CaptionConfig)
-    for bad, msg in [({"method": "cnn"}, "captioning needs attention"),
+    for bad, msg in [({"method": "cnn"}, "unknown method .cnn."),
                      ({"q_word": "next"}, "q_word"),
                      ({"encoder": "resnet18"}, "encoder-weights"),
                      ({"dataset": "karpathy"}, "karpathy-json"),
@@ -266,10 +268,7 @@ def test_caption_config_checks() -> None:
 # End to end
 
 
-TINY = ["--num-train", "40", "--num-val", "12", "--num-test", "10", "--hidden", "16",
-        "--embed", "8", "--batch-size", "6", "--samples", "3", "--eval-size", "8",
-        "--log-every", "4", "--eval-every", "8", "--checkpoint-every", "8",
-        "--diag-every", "8", "--diag-batch", "4", "--diag-repeats", "2", "--no-progress"]
+TINY = CAPTION_TINY
 
 
 
@@ -284,6 +283,7 @@ def encoder_file(tmp_path_factory) -> Path:
     return run / "encoder.pt"
 
 
+@pytest.mark.slow
 def test_caption_train_evaluate_show_plot(cli, tmp_path: Path, encoder_file: Path,
                                           monkeypatch) -> None:
     run = tmp_path / "run"
@@ -311,12 +311,12 @@ def test_caption_train_evaluate_show_plot(cli, tmp_path: Path, encoder_file: Pat
     caps = json.loads((run / "captions.json").read_text())
     assert caps["split"] == "test" and len(caps["captions"]) == 10
     # A folder it cannot write to is reported after the scores, not instead of them.
-    from wsram.captioning import evaluate as cap_eval
+    from wsram.captioning import commands as cap_commands
 
     def refuse(*a):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cap_eval, "write_caption_result", refuse)
+    monkeypatch.setattr(cap_commands, "write_caption_result", refuse)
     code, out, err = cli("caption", "evaluate", str(run), "--size", "2")
     assert code == 2 and "BLEU-4" in out and "cannot write eval.json" in err
     monkeypatch.undo()
@@ -358,6 +358,7 @@ def test_caption_train_evaluate_show_plot(cli, tmp_path: Path, encoder_file: Pat
     assert json.loads(out.splitlines()[-1])["step"] == 20
 
 
+@pytest.mark.slow
 def test_caption_run_keeps_its_own_encoder_and_resumes_identically(cli,
         tmp_path: Path, encoder_file: Path) -> None:
     copy = tmp_path / "encoder-copy.pt"
@@ -375,6 +376,7 @@ def test_caption_run_keeps_its_own_encoder_and_resumes_identically(cli,
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_caption_commands_on_bad_input(cli, tmp_path: Path, encoder_file: Path) -> None:
     def fails(*args: str, match: str) -> None:
         code, out, err = cli(*args)
@@ -397,7 +399,7 @@ def test_caption_commands_on_bad_input(cli, tmp_path: Path, encoder_file: Path) 
     # a classification run is not a caption run, and the other way round
     cls_run = tmp_path / "cls"
     cls_run.mkdir()
-    (cls_run / "config.yaml").write_text("method: var\n")
+    (cls_run / "config.yaml").write_text("task: classification\nmethod: var\n")
     fails("caption", "evaluate", str(cls_run), match="not a caption run")
     fails("caption", "show", str(cls_run), match="not a caption run")
     fails("caption", "train", "--run-dir", str(cls_run), "--resume",

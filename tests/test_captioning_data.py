@@ -32,7 +32,7 @@ from wsram.captioning import (
     make_scenes,
     tokenize,
 )
-from wsram.classification.data import load_digits, render
+from wsram.digits import load_digits, render
 from wsram.errors import CheckpointError, ConfigError, DataError
 
 HAVE_COCO = importlib.util.find_spec("pycocoevalcap") is not None
@@ -413,6 +413,7 @@ SPLIT_FILE = st.one_of(JSON, st.fixed_dictionaries({"images": st.lists(PLAUSIBLE
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=SPLIT_FILE, split=st.sampled_from(["train", "val", "test", "restval"]),
        check=st.booleans())
+@pytest.mark.slow
 def test_karpathy_loader_only_returns_or_raises_data_error(data, split, check):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY as TINY_BASE
+from conftest import flags
 
 from wsram.run_dir import read_metrics
 
-TINY = ["--canvas-size", "32", "--digit-min", "10", "--digit-max", "20", "--hidden", "16",
-        "--patch", "6", "--context-size", "8", "--glimpses", "2", "--batch-size", "8",
-        "--samples", "3", "--eval-size", "20", "--test-size", "30", "--eval-samples", "2",
-        "--log-every", "5", "--eval-every", "10", "--checkpoint-every", "10", "--no-progress"]
+TINY = [*flags(dict(TINY_BASE, log_every=5, eval_every=10, checkpoint_every=10)),
+        "--no-progress"]
 
 
 def _umask() -> int:
@@ -35,6 +35,7 @@ def wsram(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 
+@pytest.mark.slow
 def test_train_evaluate_show_end_to_end(tmp_path: Path) -> None:
     run = tmp_path / "run"
     wsram("train", "--run-dir", str(run), "--method", "wsram+q+c", "--steps", "20", *TINY)
@@ -71,6 +72,7 @@ def test_every_method_trains(cli, tmp_path: Path, method: str) -> None:
     assert last["step"] == 6 and 0 <= last["eval/val_error_mc"] <= 1
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(cli, tmp_path: Path) -> None:
     common = ["--method", "var+c", *TINY]
     assert cli("train", "--run-dir", str(tmp_path / "a"), "--steps", "20", *common)[0] == 0
@@ -127,6 +129,7 @@ def test_config_file_unknown_key_and_bad_yaml(cli, tmp_path: Path) -> None:
     assert code == 2 and "no such config file" in err
 
 
+@pytest.mark.slow
 def test_run_folders_are_not_clobbered_and_bad_runs_are_refused(cli, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert cli("train", "--run-dir", str(run), "--steps", "2", *TINY)[0] == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 TINY = ["--canvas-size", "32", "--digit-min", "10", "--digit-max", "20", "--hidden", "16",
         "--patch", "6", "--context-size", "8", "--glimpses", "2", "--batch-size", "8",
         "--samples", "3", "--eval-size", "20", "--test-size", "30", "--eval-samples", "2",
@@ -12,7 +14,7 @@ TINY = ["--canvas-size", "32", "--digit-min", "10", "--digit-max", "20", "--hidd
         "--diag-batch", "8", "--diag-repeats", "3", "--no-progress"]
 
 
-
+@pytest.mark.slow
 def test_compare_end_to_end(cli, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     code, stdout, err = cli("compare", "--out", str(out), "--steps", "8", *TINY)
@@ -77,6 +79,7 @@ def test_compare_end_to_end(cli, tmp_path: Path) -> None:
     assert code == 2 and "no such comparison folder" in err
 
 
+@pytest.mark.slow
 def test_compare_over_seeds_and_rates_chooses_rates_and_trains_families(cli,
                                                                        tmp_path: Path) -> None:
     out = tmp_path / "study"
@@ -109,8 +112,8 @@ def test_compare_over_seeds_and_rates_chooses_rates_and_trains_families(cli,
 
 
 def test_study_progress_reads_the_last_logged_update(tmp_path: Path) -> None:
-    from wsram.classification.compare import StudyProgress, last_logged_step
     from wsram.classification.config import ClassificationConfig
+    from wsram.study.executor import StudyProgress, last_logged_step
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()

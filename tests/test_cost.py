@@ -7,22 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY as TINY_BASE
 from torch import nn
 
-from wsram.classification.cnn import ConvClassifier
+from wsram.classification import make_config
+from wsram.classification.cnn import CNN, ConvClassifier
 from wsram.classification.cost import area_macs, count_macs, inference_macs, sensor_macs
 from wsram.classification.evaluate import evaluate_run
 from wsram.classification.model import AttentionModel
-from wsram.config import make_config
 from wsram.errors import ConfigError
-from wsram.methods import METHODS
 from wsram.run_dir import read_metrics
 from wsram.train import train
 
-TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, context_size=8,
-            glimpses=2, batch_size=8, samples=3, eval_size=20, test_size=30, eval_samples=2,
-            log_every=2, eval_every=0, checkpoint_every=4, diag_every=3, diag_batch=8,
-            diag_repeats=3, threads=1)
+TINY = dict(TINY_BASE, log_every=2, eval_every=0, checkpoint_every=4, diag_every=3, diag_batch=8,
+            diag_repeats=3)
 
 
 
@@ -95,7 +93,7 @@ def test_cnn_macs_and_interface() -> None:
     assert r.log_prior.requires_grad and float(r.log_prior.detach().abs().sum()) == 0
     assert r.sampled_from_prior and r.baseline is None
     # Maximum likelihood: the gradient is that of -mean log p(y|x), whatever K.
-    loss = METHODS["cnn"].objective(r).loss
+    loss = CNN.objective(r).loss
     g = torch.autograd.grad(loss, model.theta())
     ref = -torch.log_softmax(model(x), -1).gather(1, y[:, None]).mean()
     g_ref = torch.autograd.grad(ref, model.theta())
@@ -120,14 +118,15 @@ def test_cnn_trains_evaluates_and_diagnoses(runs: dict[str, Path]) -> None:
 
 
 def test_compare_leaves_the_cnn_out() -> None:
-    from wsram.classification.compare import default_plan
-    from wsram.config import make_config
+    from wsram.classification import make_config
+    from wsram.study.plan import default_plan
 
     plan = default_plan(make_config())
     assert "cnn" not in {r.method for r in plan.grid_runs() + plan.chosen_runs({}, 1e-3)}
 
 
 # --- the command line ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_cost_end_to_end(cli, runs: dict[str, Path], tmp_path: Path) -> None:
     att, cnn = runs["wsram+q+c"], runs["cnn"]
     (att / "eval.json").unlink(missing_ok=True)  # computed when missing...

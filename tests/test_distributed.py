@@ -6,19 +6,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from conftest import TINY as TINY_BASE
 
+from wsram.classification import make_config
 from wsram.classification.data import CanvasGenerator, CanvasSpec, load_digits
 from wsram.classification.task import build_model
-from wsram.config import make_config
 from wsram.distributed import rank_seed
 from wsram.methods import METHODS
 from wsram.run_dir import read_metrics
 
-TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, context_size=8,
-            glimpses=2, batch_size=8, samples=3, eval_size=20, test_size=30, eval_samples=2,
-            log_every=1, eval_every=0, checkpoint_every=3, diag_every=0, method="var+c",
-            threads=1, steps=6)
+TINY = dict(TINY_BASE, log_every=1, eval_every=0, checkpoint_every=3, diag_every=0, method="var+c",
+            steps=6)
 
 
 def torchrun(run: Path, nproc: int, *extra: str) -> None:
@@ -61,6 +61,7 @@ def emulate(world: int) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_the_single_process_emulation(tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
@@ -82,6 +83,7 @@ def test_two_gloo_ranks_match_the_single_process_emulation(tmp_path: Path) -> No
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 9
 
 
+@pytest.mark.slow
 def test_caption_training_under_torchrun(tmp_path: Path) -> None:
     """Two ranks: rank 0 pretrains and writes the encoder, the other waits and reads it;
     both train; only rank 0 writes the run folder and prints the result."""

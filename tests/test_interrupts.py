@@ -3,9 +3,9 @@ injection), failed starts, out of memory, unwritable folders, summaries, and hel
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,20 +14,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY as TINY_BASE
+from conftest import flags
 
 import wsram
+from wsram.classification import make_config
 from wsram.classification import plots as cls_plots
 from wsram.classification.config import ClassificationConfig
-from wsram.config import make_config
 from wsram.engine import Engine
 from wsram.run_dir import RunLock, read_metrics
 from wsram.train import out_of_memory_message, train
 
-TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, context_size=8,
-            glimpses=2, batch_size=8, samples=3, eval_size=20, test_size=30, eval_samples=2,
-            log_every=1, eval_every=15, checkpoint_every=10, diag_every=0,
-            method="wsram+q+c", threads=1)
-FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+TINY = dict(TINY_BASE, log_every=1, eval_every=15, checkpoint_every=10, diag_every=0,
+            method="wsram+q+c")
+FLAGS = flags(TINY)
 
 
 def without_time(rows: list[dict]) -> list[dict]:
@@ -66,6 +66,7 @@ def inject(run: Path, steps: int, fault: str, target: int, resume: bool) -> tupl
     return code, err.read_text()
 
 
+@pytest.mark.slow
 def test_fault_injection_resumes_bit_exact(cli, tmp_path: Path) -> None:
     """SIGINT, SIGTERM, SIGHUP, a closed pipe and SIGKILL at random updates, each
     followed by a resume: the same weights and metrics.jsonl as a run never stopped."""
@@ -168,6 +169,7 @@ def test_failed_starts_leave_no_folder(cli, tmp_path: Path, monkeypatch) -> None
     assert signal.getsignal(signal.SIGHUP) == handler  # as it was before the run
 
 
+@pytest.mark.slow
 def test_a_folder_without_checkpoint_resumes_afresh(cli, tmp_path: Path) -> None:
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert cli("train", "--run-dir", str(ref), "--steps", "5", *FLAGS)[0] == 0
@@ -238,7 +240,7 @@ def test_out_of_memory_is_one_line_and_loses_nothing(cli, tmp_path: Path, monkey
 
 def test_evaluate_prints_first_and_writes_anywhere(cli, finished, tmp_path: Path,
                                                    monkeypatch) -> None:
-    from wsram.classification import evaluate
+    from wsram.classification import commands as evaluate  # where the command writes
 
     run = finished[0]
     code, out, err = cli("evaluate", str(run), "--out", str(tmp_path / "e.json"))
@@ -309,6 +311,7 @@ def test_glimpse_labels_on_one_spot_do_not_overprint() -> None:
 
 
 
+@pytest.mark.slow
 def test_stopping_a_parallel_compare_stops_its_trainings(tmp_path: Path) -> None:
     """kill of compare --jobs 2: each training saves its update and ends with it."""
     out = tmp_path / "c"
@@ -316,7 +319,8 @@ def test_stopping_a_parallel_compare_stops_its_trainings(tmp_path: Path) -> None
     proc = subprocess.Popen([sys.executable, "-m", "wsram", "compare", "--out", str(out),
                              "--methods", "var+c", "wsram+c", "--no-explore", "--jobs", "2",
                              "--steps", "100000", *flags], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its group: compare and its trainings
     runs = [out / m / "lr0.001-seed0" for m in ("var+c", "wsram+c")]
     deadline = time.time() + 120
     while (not all((r / "metrics.jsonl").is_file() and _step(r) >= 3 for r in runs)
@@ -326,13 +330,18 @@ def test_stopping_a_parallel_compare_stops_its_trainings(tmp_path: Path) -> None
         assert proc.poll() is None, "compare ended before its trainings began"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
-    finally:  # whatever happened, nothing of this test keeps running
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if shutil.which("pkill"):
-            subprocess.run(["pkill", "-KILL", "-f", str(out)], check=False)
+        time.sleep(0.5)
+        try:  # is any process of the group (a training) still alive?
+            os.killpg(proc.pid, 0)
+            outlived = True
+        except ProcessLookupError:
+            outlived = False
+    finally:  # whatever happened, nothing this test started keeps running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # only the group this test started
+        proc.wait()
     assert proc.returncode == 130, err
+    assert not outlived, "a training outlived compare"
     assert "SIGTERM: stopping 2 running training(s)" in err and "wsram: interrupted" in err
     for r in runs:
         assert "SIGTERM" in (r.parent / f"{r.name}.log").read_text()

@@ -224,8 +224,8 @@ def test_rollout_shapes_and_temperature_densities() -> None:
                                                ("wsram", 1.0)])
 def test_training_error_comes_from_the_models_own_untempered_policy(
         name: str, temperature: float, monkeypatch) -> None:
+    from wsram.classification import make_config
     from wsram.classification.task import classification_metrics
-    from wsram.config import make_config
     from wsram.engine import forward_step
 
     model, (x, y) = tiny_model(), batch()

@@ -54,6 +54,7 @@ def arrays(path: Path, n: int = 24, **over) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_rgb_folder_trains_evaluates_shows_and_predicts(tmp_path: Path, cli) -> None:
     root = rgb_folder(tmp_path / "pets")
     run = tmp_path / "run"
@@ -80,9 +81,10 @@ def test_rgb_folder_trains_evaluates_shows_and_predicts(tmp_path: Path, cli) -> 
         assert im.size[0] > 100  # a drawn figure, not the 16-pixel canvas
 
 
+@pytest.mark.slow
 def test_predict_from_python_on_tensors_and_files(tmp_path: Path, cli) -> None:
     from wsram.classification.predict import predict
-    from wsram.tasks import load_run
+    from wsram.registry import load_run
 
     root = rgb_folder(tmp_path / "pets")
     run = tmp_path / "run"
@@ -110,6 +112,7 @@ def test_predict_from_python_on_tensors_and_files(tmp_path: Path, cli) -> None:
     assert [p.top_mc for p in on_cpu] == [p.top_mc for p in by_file]
 
 
+@pytest.mark.slow
 def test_npz_trains_evaluates_shows_and_predicts(tmp_path: Path, cli) -> None:
     data = arrays(tmp_path / "colours.npz", classes=np.array(["red", "green", "blue"]))
     run = tmp_path / "run"

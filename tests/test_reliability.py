@@ -11,21 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY as TINY_BASE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsram import methods
+from wsram.classification import make_config
 from wsram.classification.config import ClassificationConfig
-from wsram.config import field_names, load_yaml, make_config
+from wsram.config import field_names, load_yaml
 from wsram.errors import ConfigError, WsramError
 from wsram.estimators import variational
 from wsram.run_dir import RunLock, read_metrics
 from wsram.train import train
 
-TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, context_size=8,
-            glimpses=2, batch_size=8, samples=3, eval_size=20, test_size=30, eval_samples=2,
-            log_every=3, eval_every=10, checkpoint_every=4, diag_every=5, diag_batch=8,
-            diag_repeats=3, method="wsram+q+c", threads=1)
+TINY = dict(TINY_BASE, log_every=3, eval_every=10, checkpoint_every=4, diag_every=5, diag_batch=8,
+            diag_repeats=3, method="wsram+q+c")
 
 
 def tiny(**kw) -> ClassificationConfig:
@@ -40,6 +40,7 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "last.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path: Path) -> None:
     train(tiny(steps=12), tmp_path / "a", progress=False)
     train(tiny(steps=12), tmp_path / "b", progress=False)
@@ -103,7 +104,7 @@ def test_an_unwritable_run_folder_fails_at_start(tmp_path: Path) -> None:
     assert time.time() - t < 30
 
 
-KEYS = field_names()
+KEYS = field_names(ClassificationConfig)
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
                    st.lists(st.floats(-2, 2), max_size=4), st.dictionaries(st.text(max_size=3),
@@ -114,6 +115,7 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=10)), VALUES,
                        max_size=6))
+@pytest.mark.slow
 def test_config_fuzz_gives_a_config_or_a_clear_error(values: dict) -> None:
     try:
         cfg = make_config(values)

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY as TINY_BASE
+from conftest import flags
 
-from wsram.config import make_config
+from wsram.classification import make_config
 from wsram.errors import ConfigError
 from wsram.run_dir import read_metrics
 from wsram.schedule import lr_factor
 from wsram.train import train
 
-TINY = dict(canvas_size=32, digit_min=10, digit_max=20, hidden=16, patch=6, context_size=8,
-            glimpses=2, batch_size=8, samples=3, eval_size=20, test_size=30, eval_samples=2,
-            log_every=1, eval_every=15, checkpoint_every=10, diag_every=0,
-            method="var+c", threads=1, lr_schedule="cosine", warmup=5, lr_min=0.1)
+TINY = dict(TINY_BASE, log_every=1, eval_every=15, checkpoint_every=10, diag_every=0,
+            method="var+c", lr_schedule="cosine", warmup=5, lr_min=0.1)
 
 
 def without_time(rows: list[dict]) -> list[dict]:
@@ -60,10 +60,11 @@ def test_each_network_follows_the_schedule(tmp_path: Path) -> None:
     assert state["schedule_steps"] == 12
 
 
+@pytest.mark.slow
 def test_raising_steps_on_resume_keeps_the_horizon(cli, tmp_path: Path) -> None:
     run = tmp_path / "r"
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    assert cli("train", "--run-dir", str(run), "--steps", "10", *flags, "--no-progress")[0] == 0
+    assert cli("train", "--run-dir", str(run), "--steps", "10", *flags(TINY),
+               "--no-progress")[0] == 0
     code, _, err = cli("train", "--run-dir", str(run), "--resume", "--steps", "16",
                        "--no-progress")
     assert code == 0, err
@@ -75,6 +76,7 @@ def test_raising_steps_on_resume_keeps_the_horizon(cli, tmp_path: Path) -> None:
     assert code == 2 and "schedule_steps 10 -> 20" in err
 
 
+@pytest.mark.slow
 def test_interrupted_cosine_run_resumes_bit_exact(tmp_path: Path) -> None:
     """A cosine run stopped by SIGINT mid-warm-up-or-decay and resumed equals one never
     stopped: the same weights, optimiser state and metrics.jsonl."""
@@ -82,9 +84,8 @@ def test_interrupted_cosine_run_resumes_bit_exact(tmp_path: Path) -> None:
     ref = tmp_path / "ref"
     train(make_config({**TINY, "steps": steps}), ref, progress=False)
     run = tmp_path / "run"
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     cmd = [sys.executable, "-m", "wsram", "train", "--run-dir", str(run), "--steps",
-           str(steps), "--no-progress", *flags]
+           str(steps), "--no-progress", *flags(TINY)]
     for target in (4, 23):  # once in the warm-up, once in the decay
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 120

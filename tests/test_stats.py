@@ -1,4 +1,4 @@
-"""Statistics across seeds and the rules that choose a learning rate (stats.py, results.py)."""
+"""Statistics across seeds and the rules that choose a learning rate (stats, study.results)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wsram.classification.report import markdown
-from wsram.classification.results import choose_rates, discover_runs, results, summarise
 from wsram.stats import (
     difference_interval,
     first_reach,
@@ -19,6 +17,8 @@ from wsram.stats import (
     smoothed,
     t975,
 )
+from wsram.study.report import markdown
+from wsram.study.results import choose_rates, discover_runs, results, summarise
 
 
 def test_mean_interval_of_known_samples() -> None:
@@ -152,7 +152,7 @@ def test_band_of_a_log_figure_is_geometric(tmp_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from wsram.figures import band
+    from wsram.plots import band
 
     for i, v in enumerate((1.0, 100.0)):
         d = tmp_path / f"r{i}"
@@ -197,3 +197,35 @@ def test_fisher_exact_of_known_tables() -> None:
     assert fisher_exact(0, 5, 4, 5) == fisher_exact(4, 5, 0, 5)  # symmetric
     assert fisher_exact(0, 3, 0, 3) == 1.0 and fisher_exact(2, 3, 2, 3) == 1.0
     assert fisher_exact(2, 5, 0, 5) == pytest.approx(112 / 252)
+
+
+def test_mcnemar_exact_of_known_counts() -> None:
+    from wsram.stats import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
+    # 0 of 6 discordant pairs on one side: 2 x 0.5^6
+    assert math.isclose(mcnemar_exact(0, 6), 2 / 64)
+    # 2 against 10: 2 x P(X <= 2), X ~ Bin(12, 1/2) = 2 x 79 / 4096
+    assert math.isclose(mcnemar_exact(10, 2), 2 * 79 / 4096)
+    assert mcnemar_exact(2, 10) == mcnemar_exact(10, 2)
+
+
+def test_wilson_interval_of_known_proportions() -> None:
+    from wsram.stats import wilson_interval
+
+    lo, hi = wilson_interval(50, 1000)  # 5.0%: the standard table gives [3.8%, 6.5%]
+    assert math.isclose(lo, 0.0381, abs_tol=5e-4) and math.isclose(hi, 0.0653, abs_tol=5e-4)
+    lo, hi = wilson_interval(0, 100)
+    assert lo == 0.0 and math.isclose(hi, 0.0370, abs_tol=5e-4)
+
+
+def test_plateau_rule_on_synthetic_curves() -> None:
+    from wsram.stats import plateau
+
+    flat = [(s, 0.05 + 0.3 * math.exp(-s / 500)) for s in range(1000, 20001, 1000)]
+    p = plateau(flat)
+    assert p.converged and p.gain_last_quarter < 0.005 and p.reached_at <= 5000
+    falling = [(s, 0.4 - 0.015 * s / 1000) for s in range(1000, 20001, 1000)]
+    p = plateau(falling)
+    assert not p.converged and math.isclose(p.gain_last_quarter, 0.015 * 5, rel_tol=1e-6)
+    assert p.reached_at == 20000 and math.isclose(p.level, 0.4 - 0.015 * 19)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import re
 import typing
 from dataclasses import asdict, dataclass, fields
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .methods import METHODS
 from .schedule import SCHEDULES
 
 
@@ -58,8 +60,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training rollout; eager again if it fails
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
-    #: the task's name in the registry (``tasks.TASKS``), written to every config.yaml
+    #: the task's name in the registry (``wsram.registry``), written to every config.yaml
     TASK: typing.ClassVar[str] = ""
+    #: methods of the task's own beside the estimators of ``METHODS`` (e.g. a baseline)
+    OWN_METHODS: typing.ClassVar[tuple[str, ...]] = ()
     # Fields a resumed run may change: how long and where it runs, and what it logs.
     RESUMABLE_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "steps", "time_limit", "device", "threads", "precision", "eval_every", "eval_size",
@@ -67,16 +71,12 @@ class TrainConfig:
     )
     # Fields that shape the model's parameters: a checkpoint must agree on all of them.
     MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = ()
-    # Fields added after runs were first saved, with the value that reproduces what such a
-    # run did: a saved config.yaml without one of them reads as this value, not the default.
-    LEGACY_VALUES: typing.ClassVar[dict[str, Any]] = {}
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError naming the first value out of range; return self."""
-        from .methods import METHODS
-
-        need(self.method in METHODS,
-             f"method: unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        names = [*METHODS, *self.OWN_METHODS]
+        need(self.method in names,
+             f"method: unknown method {self.method!r}; choose from {', '.join(names)}")
         need(self.samples >= 1, f"samples: K must be at least 1, got {self.samples}")
         need(self.method != "vimco" or self.samples >= 2,
              f"samples: vimco needs K >= 2, got {self.samples}")
@@ -137,26 +137,14 @@ def need(ok: bool, msg: str) -> None:
 ConfigClass = type[TrainConfig]
 
 
-def _default_class(cls: ConfigClass | None) -> ConfigClass:
-    """The classification config unless another class is named (what the README's
-    ``make_config(method=...)`` builds)."""
-    if cls is not None:
-        return cls
-    from .classification.config import ClassificationConfig
-
-    return ClassificationConfig
+def field_names(cls: ConfigClass) -> list[str]:
+    return [f.name for f in fields(cls)]
 
 
-def field_names(cls: ConfigClass | None = None) -> list[str]:
-    return [f.name for f in fields(_default_class(cls))]
-
-
-def field_help(cls: ConfigClass | None = None) -> dict[str, str]:
+def field_help(cls: ConfigClass) -> dict[str, str]:
     """Each field's comment in the config class (and its bases) above, for ``--help``."""
-    import inspect
-
     out = {}
-    for klass in reversed(_default_class(cls).__mro__):
+    for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
         for line in inspect.getsource(klass).splitlines():
@@ -166,15 +154,15 @@ def field_help(cls: ConfigClass | None = None) -> dict[str, str]:
     return out
 
 
-def coerce(name: str, value: Any, cls: ConfigClass | None = None) -> Any:
+def coerce(name: str, value: Any, cls: ConfigClass) -> Any:
     """Convert ``value`` (from YAML or a command-line string) to the type of field ``name``
-    of the config class ``cls`` (default: the classification config)."""
+    of the config class ``cls``."""
     names = field_names(cls)
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown config key {name!r}{hint}")
-    hint = typing.get_type_hints(_default_class(cls))[name]
+    hint = typing.get_type_hints(cls)[name]
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
@@ -244,12 +232,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def make_config(base: dict[str, Any] | None = None, config_class: ConfigClass | None = None,
+def make_config(base: dict[str, Any] | None, config_class: ConfigClass,
                 **overrides: Any) -> Any:
-    """Build a validated config (the classification config unless ``config_class`` says
-    otherwise)
-    from a mapping and keyword overrides (later wins)."""
-    cls = _default_class(config_class)
+    """Build a validated ``config_class`` from a mapping and keyword overrides (later wins).
+    Each task offers it with its own class: ``wsram.classification.make_config``."""
+    cls = config_class
     values: dict[str, Any] = {}
     for src in (base or {}, overrides):
         for k, v in src.items():
@@ -260,13 +247,6 @@ def make_config(base: dict[str, Any] | None = None, config_class: ConfigClass | 
                 continue
             values[str(k).replace("-", "_")] = coerce(str(k).replace("-", "_"), v, cls)
     return cls(**values).validate()
-
-
-def saved_config(raw: dict[str, Any], config_class: ConfigClass) -> Any:
-    """The config of a run folder's ``config.yaml`` mapping: fields added since it was
-    written take their legacy value (``LEGACY_VALUES``), so an old run stays itself."""
-    legacy = {k: v for k, v in config_class.LEGACY_VALUES.items() if k not in raw}
-    return make_config({**raw, **legacy}, config_class)
 
 
 def replace(cfg: TrainConfig, **changes: Any) -> Any:

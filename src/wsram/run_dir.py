@@ -1,4 +1,8 @@
-"""Run folders: what they hold, creating one safely, locking it, and reading its files."""
+"""Run folders: what they hold, creating one safely, locking it, and reading its files.
+
+:class:`RunDir` alone knows the names of a run's files; every other module asks it
+(``RunDir(path).last``, ``.read_config()``, ``.write_json(...)``).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,101 @@ from typing import Any
 
 import yaml
 
-from . import checkpoint
-from .config import TrainConfig, load_yaml, saved_config
+from .atomic import atomic_write_json, atomic_write_text
+from .config import TrainConfig, load_yaml, make_config
 from .errors import WsramError
 
-#: every file or folder a run may write (and ``--overwrite`` may delete)
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "best-before-restart.pt",
-             "eval.json", "glimpses.png",
-             "encoder.pt", "captions.json", "show", "tb")
+CONFIG, METRICS, LOCK, TB = "config.yaml", "metrics.jsonl", ".lock", "tb"
+CHECKPOINTS = {"last": "last.pt", "best": "best.pt"}
+EVALS = {"last": "eval.json", "best": "eval_best.json"}
+#: what a run that stopped before its first checkpoint had as best.pt, kept on a restart
+EARLIER_BEST = "best-before-restart.pt"
+GLIMPSES = "glimpses.png"
+
+#: every file or folder a run may write (and ``--overwrite`` may delete); a task adds its
+#: own with :func:`register_run_files`
+RUN_FILES = [CONFIG, METRICS, *CHECKPOINTS.values(), EARLIER_BEST, *EVALS.values(), GLIMPSES,
+             TB]
+
+
+def register_run_files(*names: str) -> None:
+    """Files a task writes into its run folders (e.g. an encoder), so that ``--overwrite``
+    replaces them too."""
+    RUN_FILES.extend(n for n in names if n not in RUN_FILES)
+
+
+class RunDir:
+    """A run folder: the one place that names its files."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:  # a task's own file: RunDir(p) / "encoder.pt"
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def last(self) -> Path:
+        return self.path / CHECKPOINTS["last"]
+
+    @property
+    def best(self) -> Path:
+        return self.path / CHECKPOINTS["best"]
+
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK
+
+    @property
+    def tb(self) -> Path:
+        return self.path / TB
+
+    @property
+    def glimpses(self) -> Path:
+        return self.path / GLIMPSES
+
+    def checkpoint(self, which: str = "last") -> Path:
+        """``last.pt`` (the latest update) or ``best.pt`` (the best evaluation)."""
+        return self.path / CHECKPOINTS[which]
+
+    def eval_file(self, which: str = "last") -> Path:
+        """The test evaluation of a checkpoint: ``eval.json`` (last) or ``eval_best.json``."""
+        return self.path / EVALS[which]
+
+    def has_config(self) -> bool:
+        return self.config.is_file()
+
+    def read_config(self) -> dict[str, Any]:
+        """The raw mapping of ``config.yaml`` (the task's name and every config value)."""
+        return load_yaml(self.config)
+
+    def write_config(self, data: dict[str, Any]) -> None:
+        atomic_write_text(self.config, yaml.safe_dump(data, sort_keys=False))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text())
+
+    def write_json(self, name: str, data: Any) -> Path:
+        atomic_write_json(self.path / name, data)
+        return self.path / name
+
+    def files(self) -> list[str]:
+        """The names of what the folder holds, hidden files (the lock) left out."""
+        return sorted(p.name for p in self.path.iterdir() if not p.name.startswith(".")) \
+            if self.path.is_dir() else []
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
@@ -35,11 +126,11 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
                 raise WsramError(f"{run_dir}: --overwrite would delete {p}, which this run "
                                  "reads; copy it elsewhere first")
     if resume:
-        if not (run_dir / "last.pt").is_file():
+        if not (run_dir / CHECKPOINTS["last"]).is_file():
             raise WsramError(f"{run_dir}: nothing to resume (no last.pt); train without "
                              "--resume to start it")
     elif existing and not overwrite:
-        if not (run_dir / "last.pt").is_file():
+        if not (run_dir / CHECKPOINTS["last"]).is_file():
             raise WsramError(f"{run_dir}: holds a run that stopped before its first checkpoint "
                              f"({', '.join(existing)}); --resume starts it afresh, "
                              "--overwrite replaces it")
@@ -56,8 +147,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
 
 #: what a run that stopped before its first checkpoint leaves that a fresh start replaces
 #: (a best.pt it wrote is moved aside to EARLIER_BEST, never deleted)
-PARTIAL_FILES = ("metrics.jsonl", "tb")
-EARLIER_BEST = "best-before-restart.pt"
+PARTIAL_FILES = (METRICS, TB)
 
 
 def clean_run_dir(run_dir: Path, overwrite: bool, partial: bool = False) -> None:
@@ -67,8 +157,8 @@ def clean_run_dir(run_dir: Path, overwrite: bool, partial: bool = False) -> None
     stays)."""
     for stale in run_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
-    if partial and not overwrite and (run_dir / "best.pt").is_file():
-        os.replace(run_dir / "best.pt", run_dir / EARLIER_BEST)
+    if partial and not overwrite and (run_dir / CHECKPOINTS["best"]).is_file():
+        os.replace(run_dir / CHECKPOINTS["best"], run_dir / EARLIER_BEST)
         print(f"wsram: {run_dir}: the earlier start's best.pt is kept as {EARLIER_BEST}",
               file=sys.stderr)
     if overwrite or partial:
@@ -91,7 +181,7 @@ def entries_before_start(run_dir: Path) -> set[str] | Path:
 
 
 #: what a start that failed before its first checkpoint may have written
-START_FILES = {".lock", ".write-test", "config.yaml", "metrics.jsonl", "tb"}
+START_FILES = {LOCK, ".write-test", CONFIG, METRICS, TB}
 
 
 def remove_failed_start(run_dir: Path, before: set[str] | Path, locked: bool = True) -> None:
@@ -100,7 +190,7 @@ def remove_failed_start(run_dir: Path, before: set[str] | Path, locked: bool = T
     Anything else (a pretrained encoder.pt, a best.pt) is kept, and ``--resume`` starts
     such a folder afresh. A start that never held the folder's lock (``locked`` False:
     another process may be writing there) removes only empty folders it made."""
-    if not run_dir.is_dir() or (run_dir / "last.pt").exists():
+    if not run_dir.is_dir() or (run_dir / CHECKPOINTS["last"]).exists():
         return
     if not locked:
         ours: set[str] = set()
@@ -129,11 +219,11 @@ def remove_failed_start(run_dir: Path, before: set[str] | Path, locked: bool = T
 def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
     """Refuse to continue a run with a config that would make it another run: only how
     long, where and how verbosely it runs may change (TrainConfig.RESUMABLE_KEYS)."""
-    saved_path = run_dir / "config.yaml"
+    saved_path = run_dir / CONFIG
     if not saved_path.is_file():
         raise WsramError(f"{run_dir}: nothing to resume (no config.yaml)")
     try:
-        saved = saved_config(load_yaml(saved_path), type(cfg)).to_dict()
+        saved = make_config(load_yaml(saved_path), type(cfg)).to_dict()
     except WsramError as e:
         raise WsramError(f"{run_dir}: cannot resume: its config.yaml is not a "
                          f"{type(cfg).__name__} ({e})") from None
@@ -148,23 +238,19 @@ def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
 def saved_horizon(run_dir: Path) -> int:
     """The schedule horizon a run fixed at its start (its config.yaml's ``schedule_steps``;
     0 for a run from before schedules, whose rates were constant)."""
-    return int(load_yaml(run_dir / "config.yaml").get("schedule_steps") or 0)
+    return int(load_yaml(run_dir / CONFIG).get("schedule_steps") or 0)
 
 
 def save_config(cfg: TrainConfig, run_dir: Path) -> None:
     """``config.yaml``: the task's name, then every resolved config value."""
-    data = {"task": cfg.TASK, **cfg.to_dict()}
-    checkpoint.atomic_write_bytes(
-        run_dir / "config.yaml",
-        lambda f: f.write(yaml.safe_dump(data, sort_keys=False).encode()),
-    )
+    RunDir(run_dir).write_config({"task": cfg.TASK, **cfg.to_dict()})
 
 
 class RunLock:
     """An exclusive lock on a run folder, so two processes never train into one."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+        self.path = RunDir(run_dir).lock
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -185,7 +271,7 @@ class RunLock:
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """All lines of ``metrics.jsonl``; a torn last line (a crash mid-write) is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     rows = []
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -207,4 +293,4 @@ def truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             pass
-    checkpoint.atomic_write_bytes(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
+    atomic_write_text(path, "".join(k + "\n" for k in keep))

@@ -129,3 +129,51 @@ def smoothed(points: Sequence[tuple[int, float]], window: int = 5) -> list[tuple
 def first_reach(points: Sequence[tuple[float, float]], level: float) -> float | None:
     """The first x at which a (x, value) curve is at or below ``level``; None if never."""
     return next((x for x, v in points if v <= level), None)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided p-value of McNemar's exact test on paired outcomes (two models on the
+    same test images): ``only_a`` images only model A gets wrong, ``only_b`` only B. Under
+    "no difference" each discordant image is a fair coin: the binomial tail, doubled."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion ``hits`` / ``n`` (a test error on n
+    images); it stays inside [0, 1] and is sound near 0, where errors of a few % sit."""
+    if n <= 0:
+        raise ValueError(f"need n >= 1, got {n}")
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """Where a validation curve stands at its end (``plateau``, below)."""
+
+    converged: bool  # improved by less than ``tol`` over the last quarter of the updates
+    gain_last_quarter: float  # the level a quarter before the end minus the level at the end
+    level: float  # the level at the end: the mean of the last ``window`` evaluations
+    reached_at: int | None  # the first update whose level is within ``tol`` of the end's
+
+
+def plateau(points: Sequence[tuple[int, float]], window: int = 3, tol: float = 0.005,
+            ) -> Plateau:
+    """Whether an error curve (update, value) has flattened, by the rule of
+    docs/convergence.md: the level (the mean of ``window`` consecutive evaluations) at the
+    end has improved by less than ``tol`` on the level a quarter of the updates before.
+    ``reached_at``: the first update whose level is within ``tol`` of the final one."""
+    if len(points) < window:
+        raise ValueError(f"need at least {window} evaluations, got {len(points)}")
+    levels = [(s, v) for (s, v) in smoothed(points, window)][window - 1:]
+    end_step, end = levels[-1]
+    before = [v for s, v in levels if s <= end_step * 0.75]
+    gain = (before[-1] - end) if before else math.inf
+    reached = next((s for s, v in levels if v - end < tol), None)
+    return Plateau(gain < tol, gain, end, reached)

@@ -24,13 +24,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed, output
+from . import checkpoint, distributed, terminal
 from .config import TrainConfig, replace
 from .distributed import Dist
 from .engine import Engine
 from .errors import CheckpointError, WsramError
-from .methods import METHODS
+from .registry import task_for
 from .run_dir import (
+    RunDir,
     RunLock,
     check_resume,
     clean_run_dir,
@@ -41,7 +42,7 @@ from .run_dir import (
     saved_horizon,
     truncate_metrics,
 )
-from .tasks import Stream, Task, task_for
+from .task import Stream, Task
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
@@ -66,11 +67,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
         try:
             old = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
             cfg.check_inputs()
-            afresh = resume and not (run_dir / "last.pt").is_file() and (
-                run_dir / "config.yaml").is_file()
+            run = RunDir(run_dir)
+            afresh = resume and not run.last.is_file() and run.has_config()
             if afresh:  # it stopped before its first checkpoint: nothing to continue
-                print(f"wsram: {run_dir}: no checkpoint yet (no last.pt); starting afresh "
-                      "from update 0", file=sys.stderr)
+                print(f"wsram: {run_dir}: no checkpoint yet (no {run.last.name}); starting "
+                      "afresh from update 0", file=sys.stderr)
                 resume = False
             prepare_run_dir(run_dir, resume, overwrite or afresh, cfg.input_paths())
             if resume:
@@ -136,8 +137,8 @@ def out_of_memory_message(e: BaseException, cfg: TrainConfig, run_dir: Path) -> 
         found = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]?i?B)", text)
         size = found.group(1) if found else "more than is free"
     where = "GPU" if isinstance(e, _CUDA_OOM) or "CUDA" in text else "memory"
-    kept = (f"{run_dir / 'last.pt'} is as it was" if (run_dir / "last.pt").is_file()
-            else "nothing was saved")
+    last = RunDir(run_dir).last
+    kept = f"{last} is as it was" if last.is_file() else "nothing was saved"
     return (f"out of {where}: asked for {size} at batch size {cfg.batch_size} x "
             f"{cfg.samples} samples = {cfg.batch_size * cfg.samples} trajectories per update "
             f"(evaluations: {cfg.eval_size} images); lower --batch-size or --samples "
@@ -202,7 +203,7 @@ class TrainState:
         horizon = state.get("schedule_steps", self.cfg.horizon())
         if horizon != self.cfg.horizon():
             raise CheckpointError(f"{path}: its schedule's horizon is {horizon} updates, the "
-                                  f"config's {self.cfg.horizon()}; resume with its config.yaml")
+                                  f"config's {self.cfg.horizon()}; resume with the run's config")
         checkpoint.load_into(self.model, state["model"], path)
         self.engine.load_state_dict(state)
         self.step, self.best = int(state["step"]), float(state["best"])
@@ -216,8 +217,10 @@ class TrainState:
         self.count = int(state.get("log_count", 0))
         cfg, ddp = self.cfg, self.ddp
         if ddp.is_main:  # rank 0 continues its streams exactly; others start fresh ones
-            # "canvas_rng": the key before tasks other than classification existed
-            self.stream.load_state_dict(state.get("data_rng", state.get("canvas_rng")))
+            if "data_rng" not in state:
+                raise CheckpointError(f"{path}: written by an older wsram; convert its run "
+                                      f"folder with: wsram migrate {path.parent}")
+            self.stream.load_state_dict(state["data_rng"])
             torch.set_rng_state(state["torch_rng"].cpu())  # RNG states are CPU byte tensors
             if self.device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
@@ -250,10 +253,11 @@ class RunLog:
     resume, lines and events after the checkpoint's step are dropped first."""
 
     def __init__(self, run_dir: Path, step: int):
+        run = RunDir(run_dir)
         if step:
-            truncate_metrics(run_dir / "metrics.jsonl", step)
-        self.file = open(run_dir / "metrics.jsonl", "a")
-        self.tb = _tensorboard(run_dir / "tb", step)
+            truncate_metrics(run.metrics, step)
+        self.file = open(run.metrics, "a")
+        self.tb = _tensorboard(run.tb, step)
 
     def write(self, row: dict[str, Any]) -> None:
         self.file.write(json.dumps(row) + "\n")
@@ -292,7 +296,7 @@ class StopRequest:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
                 pass
-        output.listeners.append(self._output_lost)
+        terminal.listeners.append(self._output_lost)
         return self
 
     def request(self, reason: str) -> None:
@@ -308,8 +312,8 @@ class StopRequest:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
-        if self._output_lost in output.listeners:
-            output.listeners.remove(self._output_lost)
+        if self._output_lost in terminal.listeners:
+            terminal.listeners.remove(self._output_lost)
 
 
 def setup_device(cfg: TrainConfig, ddp: Dist) -> torch.device:
@@ -354,12 +358,12 @@ def build_state(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
         task.prepare_eval(device)
     torch.manual_seed(cfg.seed)  # whatever the preparation drew, the same initial parameters
     model = task.build_model().to(device)
-    engine = Engine(model, METHODS[cfg.method], cfg, ddp, task.train_metrics)
+    engine = Engine(model, task.method(), cfg, ddp, task.train_metrics)
     if not ddp.is_main:  # other ranks sample other actions
         torch.manual_seed(distributed.rank_seed(cfg.seed, ddp.rank, 3))
     state = TrainState(cfg, task, model, engine, stream, device, ddp)
     if resume:
-        path = run_dir / "last.pt"
+        path = RunDir(run_dir).last
         state.load_state_dict(checkpoint.load(path, map_location=device), path)
     return state
 
@@ -373,7 +377,7 @@ def evaluate_and_keep_best(state: TrainState, run_dir: Path, log: RunLog) -> dic
     score = -errs[task.select_key] if task.select_higher else errs[task.select_key]
     if score < state.best:
         state.best, state.best_step = score, state.step
-        state.save(run_dir / "best.pt")
+        state.save(RunDir(run_dir).best)
     return errs
 
 
@@ -392,7 +396,7 @@ def after_update(state: TrainState, run_dir: Path, log: RunLog, bar: tqdm) -> di
     if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
         evaluate_and_keep_best(state, run_dir, log)
     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-        state.save(run_dir / "last.pt")
+        state.save(RunDir(run_dir).last)
     return row
 
 
@@ -403,10 +407,10 @@ def skip_nonfinite(state: TrainState, run_dir: Path) -> None:
     state.nonfinite_total += 1
     if state.nonfinite_run >= state.cfg.max_nonfinite:
         if state.ddp.is_main:
-            state.save(run_dir / "last.pt")
+            state.save(RunDir(run_dir).last)
         raise WsramError(
             f"stopped at update {state.step}: {state.nonfinite_run} non-finite losses or "
-            f"gradients in a row; {run_dir / 'last.pt'} holds the last good state")
+            f"gradients in a row; {RunDir(run_dir).last} holds the last good state")
 
 
 def run_training(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
@@ -423,8 +427,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
     start_step, last_row = state.step, {}
     state.started = time.perf_counter()  # the clock runs from the first update
     deadline = state.started + cfg.time_limit * 60 if cfg.time_limit else math.inf
-    stream = sys.stderr if isinstance(sys.stderr, output.GuardedStream) else \
-        output.GuardedStream(sys.stderr, "stderr")  # a closed pipe stops the run, never kills it
+    stream = sys.stderr if isinstance(sys.stderr, terminal.GuardedStream) else \
+        terminal.GuardedStream(sys.stderr, "stderr")  # a closed pipe stops the run, never kills it
     bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, dynamic_ncols=True,
                desc=cfg.method, unit="upd", file=stream)
     try:
@@ -474,7 +478,7 @@ def finish(state: TrainState, run_dir: Path, log: RunLog, reason: str, start_ste
     if state.last_eval:
         last_row.update({f"eval/{k}": v for k, v in state.last_eval.items()},
                         eval_step=state.evaluated_at)
-    state.save(run_dir / "last.pt")
+    state.save(RunDir(run_dir).last)
     log.close()
 
 
@@ -482,7 +486,7 @@ def _tensorboard(path: Path, step: int):
     """A TensorBoard writer, or None without TensorBoard; on resume, events logged after
     the checkpoint's step are purged, as metrics.jsonl's lines are."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: the tensorboard extra
     except ImportError:
         return None
     return SummaryWriter(str(path), purge_step=step + 1 if step else None)

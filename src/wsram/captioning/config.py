@@ -59,8 +59,6 @@ class CaptionConfig(TrainConfig):
 
     def validate(self) -> CaptionConfig:
         super().validate()
-        need(self.method != "cnn", "method: cnn is a classifier; captioning needs attention "
-             "(var, var+c, wsram, wsram+c, wsram+q, wsram+q+c, vimco)")
         need(self.coverage == 0, "coverage: not defined for captioning; leave it 0")
         need(self.dataset in ("scenes", "karpathy"),
              f"dataset: expected scenes or karpathy, got {self.dataset!r}")

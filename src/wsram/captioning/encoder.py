@@ -132,7 +132,7 @@ class ResNetEncoder(nn.Module):
     def __init__(self, name: str, weights_path: str | Path):
         super().__init__()
         try:
-            import torchvision
+            import torchvision  # an optional extra, for the ResNet encoders only
         except Exception as err:  # ImportError, or a torchvision built for another torch
             raise ConfigError(f"encoder {name} needs torchvision: pip install 'wsram[vision]' "
                               f"({type(err).__name__}: {str(err).splitlines()[0][:100]})"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_json
 from ..errors import WsramError
+from ..registry import load_run
+from ..run_dir import RunDir
 from .bleu import corpus_bleu
+from .config import CaptionConfig
+
+CAPTIONS = "captions.json"  # every decoded caption of an evaluation, beside eval.json
 
 SPLITS = ("val", "test")
 
@@ -22,8 +26,6 @@ def evaluate_caption_run(run_dir: str | Path, which: str = "last", split: str = 
     false (then :func:`write_caption_result` does it)."""
     if split not in SPLITS:
         raise WsramError(f"--split: expected val or test, got {split!r}")
-    from ..tasks import load_run
-
     cfg, task, model, state = load_run(run_dir, which, task="captioning", progress=progress)
     beam = cfg.beam_size if beam_size is None else beam_size
     n = len(task.split(split)) if size is None else min(size, len(task.split(split)))
@@ -34,14 +36,14 @@ def evaluate_caption_run(run_dir: str | Path, which: str = "last", split: str = 
     result = {**scores["beam"], "decoding": f"beam search, width {beam}", "beam_size": beam,
               "greedy": scores["greedy"], "beam": scores["beam"], "split": split,
               "images": n, "teacher_forcing": False, "step": int(state["step"]),
-              "checkpoint": f"{which}.pt", "method": cfg.method}
+              "checkpoint": RunDir(run_dir).checkpoint(which).name, "method": cfg.method}
     if which == "best":
         result["selected_on"] = (f"BLEU-4 of greedy captions of the first {cfg.eval_size} "
                                  "val images")
     rows = [{"image": i, "greedy": " ".join(g), "beam": " ".join(b),
              "references": [" ".join(r) for r in rs]}
             for i, (g, b, rs) in enumerate(zip(greedy, beamed, refs, strict=True))]
-    captions = {"split": split, "checkpoint": f"{which}.pt", "captions": rows}
+    captions = {"split": split, "checkpoint": result["checkpoint"], "captions": rows}
     if write:
         write_caption_result(result, captions, Path(run_dir))
         return result
@@ -51,10 +53,9 @@ def evaluate_caption_run(run_dir: str | Path, which: str = "last", split: str = 
 def write_caption_result(result: dict[str, Any], captions: dict[str, Any],
                          run_dir: Path) -> None:
     """``RUN/eval.json`` and ``RUN/captions.json``, each written atomically."""
-    atomic_write_bytes(run_dir / "eval.json",
-                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
-    atomic_write_bytes(run_dir / "captions.json", lambda f: f.write(
-        (json.dumps(captions, indent=1) + "\n").encode()))
+    run = RunDir(run_dir)
+    atomic_write_json(run.eval_file(), result)
+    atomic_write_json(run / CAPTIONS, captions, indent=1)
 
 
 def format_result(run_dir: str | Path, res: dict[str, Any]) -> str:
@@ -69,3 +70,13 @@ def format_result(run_dir: str | Path, res: dict[str, Any]) -> str:
     if "selected_on" in res:
         lines.append(f"  note: best.pt was selected on {res['selected_on']}")
     return "\n".join(lines)
+
+
+def summary_lines(row: dict[str, Any], cfg: CaptionConfig, command: str) -> list[str]:
+    """The end-of-run lines on the last evaluation during training."""
+    evals = {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
+    at = row.get("eval_step", row["last_step"])
+    scores = "  ".join(f"{k} {v:.3f}" for k, v in evals.items())
+    return [f"  evaluation at update {at}, greedy captions of the first {cfg.eval_size} val "
+            f"images: {scores}",
+            f"    ({command} evaluate scores the test split, greedy and beam search)"]

@@ -173,7 +173,7 @@ def load_image(path: str | Path, size: int | Sequence[int]) -> Tensor:
     Returns (3, H, W) float32 in [0, 1]. Needs Pillow: ``pip install pillow``.
     """
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError  # Pillow: imported when an image is read
     except ImportError as err:
         raise DataError("reading caption images needs Pillow: pip install pillow "
                         "(or pip install 'wsram[captioning]')") from err

@@ -12,10 +12,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ..checkpoint import atomic_write_bytes, writable_output  # noqa: E402
-from ..errors import WsramError  # noqa: E402
-from ..figures import band, curve, method_style  # noqa: E402
+from ..atomic import atomic_write_bytes  # noqa: E402
+from ..checkpoint import writable_output  # noqa: E402
+from ..errors import ConfigError, WsramError  # noqa: E402
+from ..plots import band, curve, method_style  # noqa: E402
+from ..registry import load_run  # noqa: E402
+from ..run_dir import RunDir  # noqa: E402
 from .evaluate import SPLITS  # noqa: E402
+
+SHOW = "show"  # the folder of ``wsram caption show``'s PNGs in a run folder
 
 
 def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: int = 8,
@@ -24,10 +29,8 @@ def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: i
     attended (a box n cells wide in the chosen layer, drawn on the image)."""
     if split not in SPLITS:
         raise WsramError(f"--split: expected val or test, got {split!r}")
-    from ..tasks import load_run
-
     cfg, task, model, state = load_run(run_dir, which, task="captioning")
-    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "show"
+    out_dir = Path(out_dir) if out_dir is not None else RunDir(run_dir) / SHOW
     if out_dir.exists() and not out_dir.is_dir():
         raise WsramError(f"{out_dir}: exists and is not a folder")
     try:
@@ -110,10 +113,11 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, key: str = "train/n
     out = writable_output(out, (".png",))
     groups: dict[str, list[Path]] = {}
     for run in map(Path, run_dirs):
-        if not (run / "metrics.jsonl").is_file():
-            raise WsramError(f"{run}: not a run folder (no metrics.jsonl)")
+        metrics = RunDir(run).metrics
+        if not metrics.is_file():
+            raise WsramError(f"{run}: not a run folder (no {metrics.name})")
         if not curve(run, key, max_step=max_step):
-            raise WsramError(f"{run}: no {key!r} in metrics.jsonl")
+            raise WsramError(f"{run}: no {key!r} in {metrics.name}")
         groups.setdefault(_method(run), []).append(run)
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     for method, runs in groups.items():
@@ -134,9 +138,7 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, key: str = "train/n
 
 
 def _method(run: Path) -> str:
-    import yaml
-
     try:
-        return str(yaml.safe_load((run / "config.yaml").read_text()).get("method", run.name))
-    except (OSError, yaml.YAMLError, AttributeError):
+        return str(RunDir(run).read_config().get("method", run.name))
+    except ConfigError:
         return run.name

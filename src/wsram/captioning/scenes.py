@@ -13,7 +13,7 @@ so no digit image is shared between splits. Each split has its own private rando
 stream derived from ``(seed, split)``: it never touches the global RNG, and the val and
 test sets do not change when the number of train scenes does.
 
-Pixel coordinates as in :mod:`wsram.classification.data.canvas`: a canvas of side H
+Pixel coordinates as in :mod:`wsram.digits`: a canvas of side H
 spans ``[0, H]``, positions are ``(x, y)`` = (column, row).
 """
 
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from wsram.captioning.vocab import tokenize
-from wsram.classification.data import load_digits, render
+from wsram.digits import load_digits, render
 from wsram.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")

@@ -1,4 +1,4 @@
-"""The captioning task for the one training loop (wsram.train; the Task protocol in wsram.tasks).
+"""The captioning task for the one training loop (wsram.train; the Task protocol in wsram.task).
 
 Data are the embedded digit scenes (:mod:`.scenes`) or a Karpathy split file with its
 images (:mod:`.karpathy`). The encoder is fixed, so every split's features are computed
@@ -20,8 +20,9 @@ from .. import checkpoint
 from ..diagnostics import diag_seed, diagnose
 from ..engine import own_policy_rollout
 from ..errors import CheckpointError, ConfigError, WsramError
-from ..methods import Method
+from ..methods import METHODS, Method
 from ..rollout import Rollout
+from ..run_dir import RunDir
 from .bleu import corpus_bleu
 from .config import CaptionConfig
 from .encoder import (
@@ -34,7 +35,9 @@ from .encoder import (
     scene_labels,
     weights_digest,
 )
+from .karpathy import load_image, load_karpathy
 from .model import CaptionModel
+from .scenes import SceneSpec, make_scenes
 from .vocab import PAD_ID, Vocabulary
 
 SCENE_SEED = 0  # the embedded dataset is one fixed dataset, whatever the training seed
@@ -58,14 +61,10 @@ class CaptionSplit:
 def load_split(cfg: CaptionConfig, split: str) -> CaptionSplit:
     """A split of the configured dataset (``train``, ``val`` or ``test``)."""
     if cfg.dataset == "scenes":
-        from .scenes import SceneSpec, make_scenes
-
         spec = SceneSpec(num_train=cfg.num_train, num_val=cfg.num_val, num_test=cfg.num_test)
         s = make_scenes(split, spec, seed=SCENE_SEED, data_dir=cfg.data_dir)
         return CaptionSplit(split, s.tokens(), lambda a, b: s.images[a:b],
                             f"scenes:{spec}:{SCENE_SEED}:{cfg.data_dir}", s.objects)
-    from .karpathy import load_image, load_karpathy
-
     items = load_karpathy(cfg.karpathy_json, cfg.image_dir, split)
     if not items:
         raise WsramError(f"{cfg.karpathy_json}: no images in the {split} split")
@@ -140,6 +139,9 @@ class CaptionTask:
         self.vocab: Vocabulary | None = None
         self.encoder_stats: dict[str, float] = {}
 
+    def method(self) -> Method:
+        return METHODS[self.cfg.method]
+
     # --- data, vocabulary, encoder, features ---
     def split(self, name: str) -> CaptionSplit:
         if name not in self.splits:
@@ -154,11 +156,11 @@ class CaptionTask:
         _need_scorer()
         train = self.split("train")
         state = None
-        if resume and run_dir is not None and (run_dir / "last.pt").is_file():
-            state = checkpoint.load(run_dir / "last.pt")
+        last = RunDir(run_dir).last if run_dir is not None else None
+        if resume and last is not None and last.is_file():
+            state = checkpoint.load(last)
             if "vocab" not in state:
-                raise CheckpointError(f"{run_dir / 'last.pt'}: not a caption checkpoint "
-                                      "(no vocabulary)")
+                raise CheckpointError(f"{last}: not a caption checkpoint (no vocabulary)")
             if vocab is None:  # the run's own word ids
                 vocab = Vocabulary.from_state_dict(state["vocab"])
         self.vocab = vocab or Vocabulary.build((c for r in train.references for c in r),
@@ -168,7 +170,7 @@ class CaptionTask:
         self.encoder = encoder.to(device)
         self._digest = None
         if state is not None:
-            self.check_encoder(run_dir / "last.pt", state)
+            self.check_encoder(last, state)
         self.features["train"] = self.split_features("train")
 
     def load_encoder(self, run_dir: Path | None, main: bool, resume: bool) -> nn.Module:
@@ -202,8 +204,6 @@ class CaptionTask:
     def pretrain_encoder(self) -> DigitEncoder:
         """Pretrain on fresh training scenes (training digits only), then measure how often
         it names a validation scene's digits and sizes exactly."""
-        from .scenes import SceneSpec, make_scenes
-
         cfg = self.cfg
         spec = SceneSpec(num_train=2048, num_val=cfg.num_val, num_test=1)
 
@@ -341,7 +341,7 @@ def read_digit_encoder(path: Path) -> DigitEncoder:
 
 def _need_scorer() -> None:
     try:
-        import pycocoevalcap  # noqa: F401
+        import pycocoevalcap  # noqa: F401 - an optional extra: only its presence is checked
     except ImportError:
         raise ConfigError("captioning is scored with the coco-caption BLEU/CIDEr code: "
                           "pip install pycocoevalcap (or pip install 'wsram[captioning]')"

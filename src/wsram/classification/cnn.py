@@ -13,7 +13,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..estimators import EstimatorOutput
+from ..estimators.common import finish
+from ..methods import Method
 from ..rollout import Rollout
+
+
+def max_likelihood(r: Rollout, cv: bool, gamma: float) -> EstimatorOutput:
+    """The CNN's training objective: no actions, so the gradient is that of log p(y|x)."""
+    nll = -r.log_lik.mean()
+    return finish(nll, r.log_lik, {"nll": nll})
+
+
+#: how the CNN baseline trains (``--method cnn``): a model of this task, not an estimator
+CNN = Method("cnn", "prior", False, max_likelihood, "CNN", attends=False)
 
 
 class ConvClassifier(nn.Module):

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import TrainConfig, need
+from ..config import make_config as _make_config
+from .data.splits import load_split
 
 
 @dataclass
@@ -38,8 +40,10 @@ class ClassificationConfig(TrainConfig):
     eval_samples: int = 10  # M, trajectories averaged by the Monte-Carlo test error
 
     TASK: typing.ClassVar[str] = "classification"
-    # Runs saved before the validation split chose best.pt on test canvases.
-    LEGACY_VALUES: typing.ClassVar[dict[str, Any]] = {"holdout_every": 0}
+    OWN_METHODS: typing.ClassVar[tuple[str, ...]] = ("cnn",)  # the whole-canvas CNN baseline
+    #: what runs saved before a key existed did: ``wsram migrate`` writes these into them
+    #: (before the validation split, best.pt was chosen on test canvases)
+    MIGRATE_VALUES: typing.ClassVar[dict[str, Any]] = {"holdout_every": 0}
     MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "glimpses", "patch", "scales", "hidden", "context_size", "num_classes", "canvas_size",
     )
@@ -93,8 +97,6 @@ class ClassificationConfig(TrainConfig):
         """Own data (an image folder, a .npz) are read, and kept for the task, before the
         run folder is touched; MNIST sources are checked when the task reads them."""
         if self.source != "mnist":
-            from .task import load_split
-
             load_split(self, "train")
 
     def model_dict(self) -> dict[str, Any]:
@@ -104,3 +106,8 @@ class ClassificationConfig(TrainConfig):
         if self.channels != 1:  # grey checkpoints, older ones included, have no such key
             out["channels"] = self.channels
         return out
+
+
+def make_config(base: dict[str, Any] | None = None, **overrides: Any) -> ClassificationConfig:
+    """A validated :class:`ClassificationConfig` from a mapping and keyword overrides."""
+    return _make_config(base, ClassificationConfig, **overrides)

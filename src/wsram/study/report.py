@@ -1,13 +1,38 @@
-"""``results.md`` of a ``wsram compare`` study: the tables of ``results.results()``."""
+"""What a study shows: ``results.md`` (tables of the results with their intervals),
+``results.json`` and the figures, all from ``results.results()``; :func:`write_results`
+writes them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from ..methods import METHODS
-from .results import CONVERGED_BELOW, ERROR_LEVELS, FINAL_POINTS, MAX_RISE, SMOOTH
+from wsram.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from wsram.methods import METHODS
+from wsram.plots import band, method_style
+from wsram.run_dir import RunDir
+from wsram.study.results import (
+    CONVERGED_BELOW,
+    ERROR_LEVELS,
+    FINAL_POINTS,
+    MAX_RISE,
+    SMOOTH,
+    results,
+)
 
+LAST = RunDir(".").last.name  # the checkpoint whose test errors the tables show
+
+
+def write_results(out_dir: str | Path, max_step: int | None = None) -> dict[str, Any]:
+    """results.json, results.md and the figures, from the run folders' files alone (training
+    curves cut at update ``max_step`` when given)."""
+    out_dir = Path(out_dir)
+    res = results(out_dir, max_step)
+    atomic_write_json(out_dir / "results.json", res)
+    atomic_write_text(out_dir / "results.md", markdown(res))
+    plot_comparison(out_dir, res)
+    return res
 
 def _pct(iv: dict[str, Any] | None) -> str:
     """A proportion's mean [lo, hi] in percent (the interval of a mean of proportions,
@@ -87,7 +112,7 @@ def _header(res: dict[str, Any]) -> list[str]:
     s, t = res["setup"], res["table"]
     seeds = sorted({x for v in t.values() for x in v["seeds"]})
     cut = (f" Training curves compared up to update {res['max_step']} (a common budget: runs "
-           "went different lengths); test errors are of each run's last.pt."
+           f"went different lengths); test errors are of each run's {LAST}."
            if res.get("max_step") else "")
     return ["# Comparison of training methods", "",
             f"Setup: K = {s['samples']} samples, up to {s['steps']} updates of batch "
@@ -130,7 +155,7 @@ def _figure3(res: dict[str, Any]) -> list[str]:
 
     lines = ["## Test error, mean of M trajectories (paper Figure 3)", "",
              "Each method at its chosen rate (the family's for methods trained only there); "
-             "last.pt after the whole budget.", "",
+             f"{LAST} after the whole budget.", "",
              "| | without control variates | with control variates (+c) |", "|---|---|---|"]
     for label, a, b in (("VAR", "var", "var+c"), ("WS-RAM", "wsram", "wsram+c"),
                         ("WS-RAM+q", "wsram+q", "wsram+q+c")):
@@ -260,3 +285,115 @@ def _notes() -> list[str]:
             "prediction network's gradient on that batch (last 3 diagnostics). Figures: "
             "figure2.png (mean curves with 95% bands), figure_lr.png (final training error "
             "against the learning rate), figure4_exploration.png.", ""]
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing into files (no window)."""
+    # matplotlib: imported only when drawing, to keep start-up fast
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    _pyplot().close(fig)
+
+
+def _group_dirs(out_dir: Path, res: dict, variant: str, lr: float) -> list[Path]:
+    return [out_dir / f for f, r in res["runs"].items()
+            if r["variant"] == variant and r["lr"] == lr]
+
+
+def plot_comparison(out_dir: str | Path, res: dict) -> list[Path]:
+    """figure2.png (training error, gradient variance, ESS against updates: means over
+    seeds with 95% bands, each variant at its rate), figure_lr.png (final training error
+    against the learning rate) and figure4_exploration.png (heuristics on/off)."""
+    out_dir = Path(out_dir)
+    table, cut = res["table"], res.get("max_step")
+    main = [v for v in table if not v.endswith("+explore")]
+    fig, axes = _pyplot().subplots(1, 3, figsize=(16, 4.6))
+    for v in main:
+        dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
+        label = f"{v}, lr {table[v]['lr']:g}"
+        band(axes[0], dirs, "train/error", label, smooth=5, scale=1e-3, max_step=cut,
+             **method_style(v))
+        band(axes[1], dirs, "diag/grad_var", label, scale=1e-3, max_step=cut, log=True,
+             **method_style(v))
+        band(axes[2], dirs, "diag/ess", label, scale=1e-3, max_step=cut, **method_style(v))
+    axes[0].set(title="Training error (running mean of 5 log steps)", ylim=(0, 1),
+                xlabel="updates (thousands)", ylabel="error (one sampled trajectory)")
+    axes[1].set(title="Variance of the gradient estimate (geometric mean)",
+                xlabel="updates (thousands)", ylabel="trace of covariance", yscale="log")
+    axes[2].set(title="Effective sample size", xlabel="updates (thousands)",
+                ylabel=f"ESS (max K = {res['setup']['samples']})")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    _save(fig, out_dir / "figure2.png")
+    written = [out_dir / "figure2.png"]
+    if any(len(g) > 1 for g in res["by_lr"].values()):
+        written.append(_plot_rates(out_dir, res))
+    explored = [v for v in table if v.endswith("+explore")]
+    if explored:
+        written.append(_plot_exploration(out_dir, res, explored))
+    return written
+
+
+def _plot_rates(out_dir: Path, res: dict) -> Path:
+    """Final training error against the learning rate, mean and 95% interval per method."""
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.4))
+    for v, g in res["by_lr"].items():
+        if v.endswith("+explore") or len(g) < 2:
+            continue
+        lrs = [float(lr) for lr in g if g[lr]["final_train_error"]]
+        ivs = [g[f"{lr:g}"]["final_train_error"] for lr in lrs]
+        st = method_style(v)
+        ax.errorbar(lrs, [i["mean"] for i in ivs],
+                    yerr=[[i["mean"] - i["lo"] for i in ivs], [i["hi"] - i["mean"] for i in ivs]],
+                    marker="o", capsize=3, label=v, color=st["color"])
+    ax.set(xscale="log", xlabel="Adam learning rate", ylabel="final training error",
+           title="Learning rate against final training error (95% intervals)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, out_dir / "figure_lr.png")
+    return out_dir / "figure_lr.png"
+
+
+def _plot_exploration(out_dir: Path, res: dict, explored: list[str]) -> Path:
+    """Training error with and without the heuristics, and glimpse-scale usage."""
+    table = res["table"]
+    study = [v.removesuffix("+explore") for v in explored if v.removesuffix("+explore")
+             in table] + explored
+    fig, axes = _pyplot().subplots(1, 1 + len(study), figsize=(4.4 * (1 + len(study)), 4.2),
+                             squeeze=False)
+    axes = axes[0]
+    for v in study:
+        dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
+        band(axes[0], dirs, "train/error", f"{v}, lr {table[v]['lr']:g}", smooth=5, scale=1e-3,
+             max_step=res.get("max_step"), **method_style(v))
+    axes[0].set(title="Exploration heuristics", xlabel="updates (thousands)",
+                ylabel="training error")
+    axes[0].legend(fontsize=7)
+    axes[0].grid(alpha=0.3)
+    for ax, v in zip(axes[1:], study, strict=True):
+        dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
+        scales = (_config(dirs[0]) or {}).get("scales", []) if dirs else []
+        for i, sc in enumerate(scales):
+            band(ax, dirs, f"diag/scale{i}", f"scale {sc:g}", scale=1e-3,
+                 max_step=res.get("max_step"), color=f"C{i}", linewidth=1.4)
+        ax.set(title=f"{v}: glimpse scales used", xlabel="updates (thousands)",
+               ylabel="fraction of glimpses", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    _save(fig, out_dir / "figure4_exploration.png")
+    return out_dir / "figure4_exploration.png"
+
+
+def _config(run_dir: Path) -> dict | None:
+    run = RunDir(run_dir)
+    return run.read_config() if run.has_config() else None

@@ -1,0 +1,15 @@
+"""Run folders of an older format, for ``wsram migrate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import CaptionConfig
+
+
+def migrate_config(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """A ``config.yaml`` written before config files named their task, in today's form;
+    None if it is not a caption run's (only caption configs have ``dataset``)."""
+    if "dataset" not in raw:
+        return None
+    return {"task": CaptionConfig.TASK, **raw}

@@ -1,0 +1,69 @@
+"""``wsram migrate RUN``: a run folder of an older format, converted in place.
+
+Older folders have a ``config.yaml`` that does not name its task (and lacks keys added
+since, whose values the task knows: its ``migrate``), and checkpoints whose data-stream
+state is under ``canvas_rng``. The config is rewritten in full (every key, resolved) and
+every checkpoint atomically; a folder in use by a training is refused (its lock).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint, registry
+from .config import make_config
+from .errors import WsramError
+from .run_dir import EARLIER_BEST, RunDir, RunLock
+
+
+def _checkpoint_state(state: dict[str, Any]) -> bool:
+    """Bring one checkpoint's dict to today's keys in place; True if anything changed."""
+    changed = False
+    if "canvas_rng" in state and "data_rng" not in state:
+        state["data_rng"] = state.pop("canvas_rng")
+        changed = True
+    for key in ("optimizer", "baseline_optimizer"):
+        for group in state.get(key, {}).get("param_groups", []):
+            if group.get("foreach") is None:  # saved before foreach was set
+                group["foreach"] = True
+                changed = True
+    return changed
+
+
+def _new_config(run: RunDir) -> dict[str, Any] | None:
+    """The folder's config in today's form, or None if it is in it already."""
+    raw = run.read_config()
+    if "task" in raw:
+        return None
+    for spec in registry.tasks().values():
+        new = spec.migrate(raw) if spec.migrate else None
+        if new is not None:
+            cfg = make_config(new, spec.config_class)
+            return {"task": spec.name, **cfg.to_dict()}
+    raise WsramError(f"{run}: no task recognises its {run.config.name}")
+
+
+def migrate_run(run_dir: str | Path) -> str:
+    """Convert ``run_dir`` in place; return what was done, in one line."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise WsramError(f"{run}: no such run folder")
+    if not run.has_config():
+        raise WsramError(f"{run}: not a run folder (no {run.config.name})")
+    with RunLock(run.path):
+        config = _new_config(run)
+        done = []
+        paths = [run.last, run.best, run / EARLIER_BEST]
+        for path in (p for p in paths if p.is_file()):
+            state = checkpoint.load(path)
+            if _checkpoint_state(state):
+                state.pop("format", None)
+                checkpoint.save(path, state)
+                done.append(path.name)
+        if config is not None:
+            run.write_config(config)
+            done.insert(0, f"{run.config.name} (task: {config['task']})")
+    if not done:
+        return f"{run}: already in the current format; nothing to do"
+    return f"{run}: migrated {', '.join(done)}"
