@@ -5,6 +5,7 @@
     python benchmarks/convergence.py status
     python benchmarks/convergence.py collect        # small files -> docs/convergence/runs
     python benchmarks/convergence.py report         # docs/convergence/tables.md, figures
+    python benchmarks/convergence.py ship           # weights/<setup>/: the best run's best.pt
 
 ``run`` trains every run of the phase that has not reached its updates, ``--jobs`` at a
 time with one thread each, each under a ``--time-limit`` that ends it with a checkpoint
@@ -33,12 +34,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from wsram.run_dir import RunDir
 from wsram.study.convergence import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 PINNED = ROOT / "runs" / "pinned"
 DOCS_RUNS = ROOT / "docs" / "convergence" / "runs"
-SMALL_FILES = ("config.yaml", "metrics.jsonl", "eval.json", "eval_best.json")
+_R = RunDir(".")
+SMALL_FILES = (_R.config.name, _R.metrics.name, _R.eval_file("last").name,
+               _R.eval_file("best").name)
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ MARGIN_MIN = 3.0  # minutes kept free at the end for the last evaluation and che
 
 def last_step(run: Path) -> int:
     """The last update a run logged (0 if none)."""
-    path = run / "metrics.jsonl"
+    path = RunDir(run).metrics
     if not path.is_file():
         return 0
     step = 0
@@ -103,11 +109,11 @@ def last_step(run: Path) -> int:
 def saved_step(run: Path) -> int:
     """The update ``last.pt`` holds, read from the run's log of checkpoints: the last
     ``train/`` row is written at or before it; 0 without a checkpoint."""
-    return last_step(run) if (run / "last.pt").is_file() else 0
+    return last_step(run) if RunDir(run).last.is_file() else 0
 
 
 def is_done(run: Path, spec: Spec) -> bool:
-    return (run / "eval.json").is_file() and (run / "eval_best.json").is_file() and \
+    return RunDir(run).eval_file("last").is_file() and RunDir(run).eval_file("best").is_file() and \
         last_step(run) >= spec.steps
 
 
@@ -127,7 +133,7 @@ class Pool:
         run = self.root / spec.name
         limit = self.minutes_left() - MARGIN_MIN
         common = ["--steps", str(spec.steps), "--time-limit", f"{limit:.2f}", "--no-progress"]
-        if (run / "config.yaml").is_file():
+        if RunDir(run).has_config():
             cmd = [self.wsram, "train", "--run-dir", str(run), "--resume", *common]
         else:
             run.parent.mkdir(parents=True, exist_ok=True)
@@ -147,10 +153,10 @@ class Pool:
         run = self.root / name
         step = last_step(run)
         if code == 0 and step >= spec.steps:
-            for which, out in (("last", "eval.json"), ("best", "eval_best.json")):
+            for which in ("last", "best"):
                 subprocess.run([self.wsram, "evaluate", str(run), "--checkpoint", which,
-                                "--out", str(run / out)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               check=False)
+                                "--out", str(RunDir(run).eval_file(which))], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, check=False)
             say(f"done  {name}: {spec.steps} updates, evaluated ({_errors(run)})")
         else:
             say(f"stop  {name} at update {step} of {spec.steps} (exit {code}; "
@@ -178,9 +184,9 @@ class Pool:
 
 def _errors(run: Path) -> str:
     out = []
-    for f in ("eval.json", "eval_best.json"):
-        if (run / f).is_file():
-            e = json.loads((run / f).read_text())
+    for which in ("last", "best"):
+        if RunDir(run).eval_file(which).is_file():
+            e = json.loads(RunDir(run).eval_file(which).read_text())
             out.append(f"{e['checkpoint']} test error mean of {e['samples']}: "
                        f"{e['test_error_mc']:.2%}")
     return "; ".join(out)
@@ -219,7 +225,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
     n = 0
     for spec in {s.name: s for specs in PHASES.values() for s in specs}.values():
         run = Path(args.root) / spec.name
-        if not (run / "metrics.jsonl").is_file():
+        if not RunDir(run).metrics.is_file():
             continue
         dest = Path(args.out) / spec.name
         dest.mkdir(parents=True, exist_ok=True)
@@ -228,6 +234,43 @@ def cmd_collect(args: argparse.Namespace) -> None:
                 shutil.copy2(run / f, dest / f)
         n += 1
     print(f"copied the small files of {n} runs to {args.out}")
+
+
+#: what a shipped checkpoint keeps: enough to predict, show and evaluate, not to resume
+SHIPPED_KEYS = ("format", "step", "best", "best_step", "config", "method", "model", "classes")
+
+
+def _val_level(run: Path, n: int = 3) -> float | None:
+    """The mean validation error (mean of 10) of a run's last ``n`` evaluations."""
+    rows = [r for r in RunDir(run).read_metrics() if "eval/val_error_mc" in r]
+    return sum(r["eval/val_error_mc"] for r in rows[-n:]) / n if len(rows) >= n else None
+
+
+def cmd_ship(args: argparse.Namespace) -> None:
+    """Per setup, the run with the lowest validation error at its end (constant-rate runs
+    that reached their updates, or the given ``--runs``): its config and its best.pt
+    without optimiser state into ``--out/<setup>/``, with where they came from."""
+    root = Path(args.root)
+    for setup in sorted({s.name.split("/")[0] for s in LONG + PILOT}):
+        cands = [root / s.name for s in LONG + PILOT if s.name.startswith(setup + "/")
+                 and "cosine" not in s.name and is_done(root / s.name, s)]
+        cands = [c for c in cands if _val_level(c) is not None]
+        if not cands:
+            print(f"{setup}: no finished run to ship")
+            continue
+        best = min(cands, key=_val_level)
+        state = torch.load(RunDir(best).best, map_location="cpu", weights_only=True)
+        out = Path(args.out) / setup
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({k: state[k] for k in SHIPPED_KEYS if k in state}, out / "best.pt")
+        shutil.copy2(RunDir(best).config, out / RunDir(best).config.name)
+        ev = RunDir(best).read_json(RunDir(best).eval_file("best").name)
+        ev.pop("wrong", None)
+        (out / "source.json").write_text(json.dumps({
+            "run": best.relative_to(root).as_posix(), "step": state["step"],
+            "val_error_mc_last3": _val_level(best), "test": ev}, indent=2) + "\n")
+        print(f"{setup}: shipped {best.relative_to(root)} (best.pt at update {state['step']}, "
+              f"test error mean of 10 {ev['test_error_mc']:.2%}) to {out}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -248,13 +291,16 @@ def main(argv: list[str] | None = None) -> None:
               c := sub.add_parser("collect", help="copy small files into the docs")):
         q.add_argument("--root", default=str(ROOT / "runs" / "long"))
     c.add_argument("--out", default=str(DOCS_RUNS))
+    sp = sub.add_parser("ship", help="the best run's best.pt per setup, stripped")
+    sp.add_argument("--root", default=str(ROOT / "runs" / "long"))
+    sp.add_argument("--out", default=str(ROOT / "weights"))
     rp = sub.add_parser("report", help="docs/convergence/tables.md and figures, from files")
     rp.add_argument("--runs", default=str(DOCS_RUNS), help="the runs' small files")
     rp.add_argument("--out", default=str(DOCS_RUNS.parent))
     args = p.parse_args(argv)
     os.chdir(ROOT)
     {"run": cmd_run, "status": cmd_status, "collect": cmd_collect,
-     "report": cmd_report}[args.cmd](args)
+     "report": cmd_report, "ship": cmd_ship}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,9 @@ def load_run(run_dir: str | Path, which: str = "last", task: str | None = None,
     spec, raw = read_run_config(run.path, task)
     cfg = make_config(raw, spec.config_class)
     path = run.checkpoint(which)
+    if which == "last" and not path.is_file() and run.best.is_file():  # e.g. shipped weights
+        raise WsramError(f"{run}: holds {run.best.name} but no {path.name}; add "
+                         "--checkpoint best")
     state = checkpoint.load(path)
     checkpoint.check_model_config(path, state.get("config", {}), cfg.model_dict())
     t = spec.make_task(cfg, progress)

@@ -104,7 +104,7 @@ def markdown(res: dict[str, Any]) -> str:
     """The whole results.md."""
     return "\n".join([*_header(res), *_rates(res), *_figure3(res), *_variants(res),
                       *_targets(res), *_by_lr(res), *_scales(res), *_differences(res),
-                      *_shared(res),
+                      *_paired(res), *_shared(res),
                       *_notes()]) + "\n"
 
 
@@ -257,6 +257,39 @@ def _differences(res: dict[str, Any]) -> list[str]:
                      f"{_diff_pct(d['test_error_mc'])} | "
                      + " | ".join(_ratio(d["updates_to"][lv]) for lv in lvs) + " | "
                      + " | ".join(_ratio(d["seconds_to"][lv]) for lv in lvs) + " |")
+    return lines + [""]
+
+
+def _paired_ratio(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "-"
+    if r["n"] < 2:
+        return f"{r['mean']:.2f}x ({r['n']} of {r['of']} seeds)"
+    text = f"{r['mean']:.2f}x [{r['lo']:.2f}, {r['hi']:.2f}] ({r['n']} of {r['of']} seeds)"
+    return f"**{text} ***" if r["excludes_null"] else text
+
+
+def _paired(res: dict[str, Any]) -> list[str]:
+    """The differences at one rate again, paired by seed."""
+    rows = [d for d in res["differences"] if "paired" in d]
+    if not rows:
+        return []
+    lvs = [str(lv) for lv in ERROR_LEVELS]
+    lines = ["## The same differences, paired by seed", "",
+             "A seed's runs share their data stream and initial parameters across methods, "
+             "so each seed gives one difference: A - B averaged over the seeds both have, "
+             "with its Student-t interval, and the geometric mean of the per-seed B / A of "
+             "updates to a level (over the seeds where both reached it). * the interval "
+             "excludes no difference.", "",
+             "| A vs B | condition | seeds | final training error | test error (M) | "
+             + " | ".join(f"updates to {float(lv):.0%}: B/A" for lv in lvs) + " |",
+             "|---|---|---|---|---|" + "---|" * len(lvs)]
+    for d in rows:
+        p = d["paired"]
+        lines.append(f"| {_label(d['a'])} vs {_label(d['b'])} | {d['condition']} | "
+                     f"{len(p['seeds'])} | {_diff_pct(p['final_train_error'])} | "
+                     f"{_diff_pct(p['test_error_mc'])} | "
+                     + " | ".join(_paired_ratio(p["updates_to"][lv]) for lv in lvs) + " |")
     return lines + [""]
 
 

@@ -15,6 +15,7 @@ A method's chosen rate is (a)'s, or (b)'s where no rate satisfies (a).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,31 @@ def _diff(iv: Interval) -> dict[str, Any]:
     return iv.to_dict()
 
 
+def paired_differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same comparisons paired by seed (a seed's runs share their data stream and
+    initial parameters across methods): the mean of the per-seed differences A - B with
+    its Student-t interval, and the geometric mean of the per-seed ratios B / A of updates
+    to each level (seeds where both reached it). ``seeds``: the seeds both groups have."""
+    by_b = {s["seed"]: s for s in b}
+    both = [(s, by_b[s["seed"]]) for s in a if s["seed"] in by_b]
+    out: dict[str, Any] = {"seeds": [sa["seed"] for sa, _ in both]}
+    for k in ("final_train_error", "test_error_mc"):
+        d = [sa[k] - sb[k] for sa, sb in both if sa[k] is not None and sb[k] is not None]
+        out[k] = _diff(mean_interval(d)) if d else None
+    out["updates_to"] = {}
+    for lv in map(str, ERROR_LEVELS):
+        logs = [math.log(sb["updates_to"][lv] / sa["updates_to"][lv]) for sa, sb in both
+                if sa["updates_to"][lv] and sb["updates_to"][lv]]
+        if not logs:
+            out["updates_to"][lv] = None
+            continue
+        iv = mean_interval(logs)
+        out["updates_to"][lv] = {"mean": math.exp(iv.mean), "lo": math.exp(iv.lo),
+                                 "hi": math.exp(iv.hi), "n": iv.n, "of": len(both),
+                                 "excludes_null": iv.excludes_zero}
+    return out
+
+
 def _pair_differences(groups: dict[str, dict[str, list[dict[str, Any]]]],
                       at: dict[str, float]) -> list[dict[str, Any]]:
     """The differences of every pair in ``PAIRS`` that the study holds: each at its chosen
@@ -280,7 +306,8 @@ def _pair_differences(groups: dict[str, dict[str, list[dict[str, Any]]]],
             for lr in sorted(set(groups[a]) & set(groups[b]), key=float):
                 diffs.append({"a": a, "b": b, "condition": f"both at lr {lr}",
                               "lr_a": float(lr), "lr_b": float(lr),
-                              **differences(groups[a][lr], groups[b][lr])})
+                              **differences(groups[a][lr], groups[b][lr]),
+                              "paired": paired_differences(groups[a][lr], groups[b][lr])})
     return diffs
 
 
