@@ -60,7 +60,9 @@ def build(pkg: str, setup: str) -> tuple:
         cfg.canvas_size, cfg.digit_min, cfg.digit_max), seed=1)
     torch.manual_seed(0)
     model = mod["classification.task"].build_model(cfg)
-    engine = mod["engine"].Engine(model, mod["methods"].METHODS[cfg.method], cfg,
+    method_of = getattr(mod["classification.task"], "method_of",  # the CNN left METHODS
+                        mod["methods"].METHODS.__getitem__)
+    engine = mod["engine"].Engine(model, method_of(cfg.method), cfg,
                                   mod["distributed"].Dist(),
                                   mod["classification.task"].classification_metrics)
     return engine, gen, cfg

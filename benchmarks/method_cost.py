@@ -21,12 +21,11 @@ import torch
 
 from wsram.classification import data
 from wsram.classification.config import ClassificationConfig
-from wsram.classification.task import build_model, classification_metrics
+from wsram.classification.task import method_of, build_model, classification_metrics
 from wsram.classification import make_config
 from wsram.config import load_yaml, replace
 from wsram.distributed import Dist
 from wsram.engine import Engine
-from wsram.methods import METHODS
 
 from ab_update import timed  # the same timed loop of updates
 
@@ -35,7 +34,7 @@ def build(cfg: ClassificationConfig) -> tuple:
     gen = data.CanvasGenerator(data.load_digits("train"), data.CanvasSpec(
         cfg.canvas_size, cfg.digit_min, cfg.digit_max), seed=1)
     torch.manual_seed(0)
-    engine = Engine(build_model(cfg), METHODS[cfg.method], cfg, Dist(), classification_metrics)
+    engine = Engine(build_model(cfg), method_of(cfg.method), cfg, Dist(), classification_metrics)
     return engine, gen, cfg
 
 

@@ -19,10 +19,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from throughput import SETUPS, setup_config
 from wsram.classification.data import CanvasGenerator, CanvasSpec, load_digits
-from wsram.classification.task import build_model, classification_metrics
+from wsram.classification.task import method_of, build_model, classification_metrics
 from wsram.distributed import Dist
 from wsram.engine import Engine
-from wsram.methods import METHODS
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
                                                            cfg.digit_max), seed=1)
     torch.manual_seed(0)
     model = build_model(cfg)
-    engine = Engine(model, METHODS[cfg.method], cfg, Dist(), classification_metrics)
+    engine = Engine(model, method_of(cfg.method), cfg, Dist(), classification_metrics)
     batches = [gen.sample(cfg.batch_size) for _ in range(a.updates + 5)]
     for x, y in batches[:5]:
         engine.update(x, y, False)

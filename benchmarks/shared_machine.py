@@ -34,10 +34,9 @@ def child(setup: str, threads: int) -> None:
 
     from throughput import setup_config
     from wsram.classification.data import CanvasGenerator, CanvasSpec, load_digits
-    from wsram.classification.task import build_model, classification_metrics
+    from wsram.classification.task import method_of, build_model, classification_metrics
     from wsram.distributed import Dist
     from wsram.engine import Engine
-    from wsram.methods import METHODS
     from wsram.train import setup_device
 
     cfg = setup_config(setup, "cpu")
@@ -47,7 +46,7 @@ def child(setup: str, threads: int) -> None:
                                                            cfg.digit_max), seed=1)
     torch.manual_seed(0)
     model = build_model(cfg)
-    engine = Engine(model, METHODS[cfg.method], cfg, Dist(), classification_metrics)
+    engine = Engine(model, method_of(cfg.method), cfg, Dist(), classification_metrics)
     for _ in range(5):
         engine.update(*gen.sample(cfg.batch_size), False)
     print("ready", flush=True)

@@ -46,11 +46,10 @@ from wsram.classification.config import ClassificationConfig
 from wsram.classification.cost import count_macs, images_per_second, sensor_macs
 from wsram.classification.data import CanvasGenerator, CanvasSpec, load_digits
 from wsram.classification.evaluate import test_errors
-from wsram.classification.task import build_model, classification_metrics, test_set
+from wsram.classification.task import method_of, build_model, classification_metrics, test_set
 from wsram.classification import make_config
 from wsram.distributed import Dist
 from wsram.engine import Engine
-from wsram.methods import METHODS
 
 SETUPS: dict[str, dict[str, Any]] = {
     "default": dict(method="wsram+q+c", batch_size=64, samples=5),
@@ -167,7 +166,7 @@ def train_flops_per_trajectory(cfg: ClassificationConfig) -> float:
     """Useful FLOPs of one trajectory in a training update (convention in the docstring)."""
     torch.manual_seed(0)
     model = build_model(cfg)
-    m = METHODS[cfg.method]
+    m = method_of(cfg.method)
     H, K = cfg.canvas_size, cfg.samples
     x, y = torch.zeros(1, 1, H, H), torch.zeros(1, dtype=torch.long)
     layers = sum(count_macs(model, lambda: m.objective(
@@ -199,7 +198,7 @@ def bench_train(name: str, device: str, threads: int, seconds: float,
     model = build_model(cfg).to(dev)
     # The update train.py runs: forward (with the training-error metric), backward, sync,
     # clip, non-finite guard, Adam.
-    engine = Engine(model, METHODS[cfg.method], cfg, Dist(), classification_metrics)
+    engine = Engine(model, method_of(cfg.method), cfg, Dist(), classification_metrics)
 
     def update() -> None:
         x, y = gen.sample(cfg.batch_size)

@@ -111,8 +111,12 @@ def test_imports_go_study_tasks_core_never_back() -> None:
     assert not bad, "; ".join(sorted(bad))
 
 
+#: a run's file names, found anywhere in a string (messages included: they are built from
+#: ``RunDir``'s paths, so that a renamed file is renamed everywhere) ...
 RUN_FILE_NAMES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "eval.json",
-                  "eval_best.json", ".lock")
+                  "eval_best.json", "best-before-restart.pt")
+#: ... and names too short to look for inside other strings, found as whole strings
+RUN_FILE_WORDS = (".lock", "tb")
 
 
 def test_only_the_run_folder_module_names_run_files() -> None:
@@ -130,9 +134,26 @@ def test_only_the_run_folder_module_names_run_files() -> None:
                 and isinstance(n.body[0].value, ast.Constant)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                    and id(node) not in docs and node.value in RUN_FILE_NAMES:
+                    and id(node) not in docs and (node.value in RUN_FILE_WORDS or any(
+                        f in node.value for f in RUN_FILE_NAMES)):
                 offenders.append(f"{name}:{node.lineno} {node.value!r}")
     assert not offenders, ", ".join(offenders)
+
+
+def test_only_the_registry_imports_by_name() -> None:
+    """The one way up the layers: the registry loads the task packages and the study by
+    name (so that each registers itself); no other module imports by name."""
+    by_name = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in (
+                    "importlib.import_module", "__import__", "import_module"):
+                by_name.append(name)
+    assert set(by_name) == {"wsram.registry"}, by_name
+    from wsram import registry
+
+    assert set(registry.TASK_PACKAGES) == set(TASKS)
+    assert set(registry.COMMAND_PACKAGES) == {STUDY}
 
 
 def test_functions_stay_short() -> None:

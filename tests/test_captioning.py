@@ -253,7 +253,7 @@ def test_digit_encoder_layers_and_strides() -> None:
 
 def test_caption_config_checks() -> None:
     make_config({}, CaptionConfig)
-    for bad, msg in [({"method": "cnn"}, "unknown method .cnn."),
+    for bad, msg in [({"method": "cnn"}, "captioning needs attention"),
                      ({"q_word": "next"}, "q_word"),
                      ({"encoder": "resnet18"}, "encoder-weights"),
                      ({"dataset": "karpathy"}, "karpathy-json"),
@@ -321,16 +321,17 @@ def test_caption_train_evaluate_show_plot(cli, tmp_path: Path, encoder_file: Pat
     assert code == 2 and "BLEU-4" in out and "cannot write eval.json" in err
     monkeypatch.undo()
 
-    from wsram.captioning import plots
+    from wsram.plots import pyplot
 
+    plt = pyplot()
     texts: list[str] = []
-    close = plots.plt.close
+    close = plt.close
 
     def read_then_close(fig):  # every text a figure shows, before it goes
-        texts.extend(t.get_text() for t in fig.findobj(plots.plt.Text))
+        texts.extend(t.get_text() for t in fig.findobj(plt.Text))
         close(fig)
 
-    monkeypatch.setattr(plots.plt, "close", read_then_close)
+    monkeypatch.setattr(plt, "close", read_then_close)
     code, out, err = cli("caption", "show", str(run), "--num", "2")
     assert code == 0, err
     refs = caps["captions"][0]["references"]

@@ -63,6 +63,10 @@ def test_a_run_folder_made_before_the_task_registry_is_migrated(
     run = tmp_path / task
     shutil.copytree(OLD_RUNS / task, run)
     assert "task" not in yaml.safe_load((run / "config.yaml").read_text())
+    # the oldest checkpoints kept the data stream's state under "canvas_rng"
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["canvas_rng"] = state.pop("data_rng")
+    torch.save(state, run / "last.pt")
     old_last = (run / "last.pt").read_bytes()
     prefix = ["caption"] if task == "captioning" else []
     code, _, err = cli(*prefix, "train", "--run-dir", str(run), "--resume", "--steps", "6",
@@ -96,3 +100,22 @@ def test_migrate_refuses_what_is_not_a_run_folder(cli, tmp_path: Path) -> None:
     assert code == 2 and "no such run folder" in err
     code, _, err = cli("migrate", str(tmp_path))
     assert code == 2 and "not a run folder" in err
+    for text, says in [("", "no task recognises it"), ("foo: 1\n", "no task recognises it"),
+                       ("task: foo\n", "unknown task 'foo'"),
+                       ("glimpses: 2\ncanvas_size: 32\nsamples: 0\n", "does not convert")]:
+        (tmp_path / "config.yaml").write_text(text)
+        code, _, err = cli("migrate", str(tmp_path))
+        assert code == 2 and says in err and str(tmp_path) in err, (text, err)
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_an_old_folder_resumed_from_python_names_migrate(tmp_path: Path) -> None:
+    from wsram.classification import make_config
+    from wsram.errors import WsramError
+    from wsram.train import train
+
+    run = tmp_path / "old"
+    shutil.copytree(OLD_RUNS / "classification", run)
+    cfg = make_config(yaml.safe_load((run / "config.yaml").read_text()), steps=6)
+    with pytest.raises(WsramError, match=f"wsram migrate {run}"):
+        train(cfg, run, resume=True, progress=False)

@@ -109,8 +109,10 @@ SPEC = TaskSpec(
 
 
 @pytest.fixture
-def toy(monkeypatch):
-    monkeypatch.setitem(registry.tasks(), "toy", SPEC)
+def toy():
+    registry.register(SPEC)  # what a task package does when it is imported
+    yield
+    del registry.tasks()["toy"]
 
 
 @pytest.mark.slow

@@ -30,16 +30,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
-#: the values of config keys that take one of a few words
-_WORDS = {"method": "METHOD", "precision": "fp32|bf16", "device": "cpu|cuda|cuda:N",
-          "dataset": "scenes|karpathy", "q_word": "current|preceding",
-          "encoder": "digits|resnet18|resnet34|resnet50"}
-
-
-def _metavar(name: str, hint: Any) -> str:
-    """What a config key's value is, for ``--help``: N, X, true|false, PATH, the words."""
-    if name in _WORDS:
-        return _WORDS[name]
+def _metavar(name: str, hint: Any, words: dict[str, str]) -> str:
+    """What a config key's value is, for ``--help``: N, X, true|false, PATH, the words
+    (the config class's ``WORDS``)."""
+    if name in words:
+        return words[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if args and typing.get_origin(hint) is not list else hint
     if typing.get_origin(base) is list:
@@ -63,8 +58,9 @@ def add_config_options(p: argparse.ArgumentParser, cls: type[TrainConfig]) -> No
     for f in fields(cls):
         note = notes.get(f.name, "").replace("%", "%%")
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg.{f.name}",
-                       metavar=_metavar(f.name, hints[f.name]),
-                       default=argparse.SUPPRESS, nargs="+" if f.name == "scales" else None,
+                       metavar=_metavar(f.name, hints[f.name], cls.WORDS),
+                       default=argparse.SUPPRESS,
+                       nargs="+" if typing.get_origin(hints[f.name]) is list else None,
                        help=f"{note} (default: {_shown(getattr(cls(), f.name))})".lstrip())
 
 
@@ -89,15 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Train, evaluate and inspect stochastic hard-attention models (WS-RAM, VAR, VIMCO)."))
     parser.add_argument("--version", action="version", version=f"wsram {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for spec in registry.tasks().values():
-        if spec.prefix:  # e.g. ``wsram caption train``
+    specs = list(registry.tasks().values())
+    for spec in specs:  # a task's commands at the top level: train, evaluate, ...
+        if not spec.prefix:
+            spec.add_commands(sub)
+    for add_commands in registry.commands():  # compare
+        add_commands(sub)
+    for spec in specs:  # a task's commands under its word: ``wsram caption train``, ...
+        if spec.prefix:
             group = sub.add_parser(spec.prefix[0], help=spec.help)
             spec.add_commands(group.add_subparsers(dest=f"{spec.name}_command", required=True,
                                                    parser_class=Parser))
-        else:
-            spec.add_commands(sub)
-    for add_commands in registry.commands():
-        add_commands(sub)
     m = sub.add_parser("migrate", help="convert a run folder of an older format in place")
     m.set_defaults(func=cmd_migrate)
     m.add_argument("run_dir", metavar="RUN")

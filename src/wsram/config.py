@@ -27,7 +27,7 @@ class TrainConfig:
     """What every task's training loop reads: method, optimisation, logging, machine."""
 
     # --- method ---
-    method: str = "wsram+q+c"  # var, var+c, wsram, wsram+c, wsram+q, wsram+q+c, vimco, cnn
+    method: str = "wsram+q+c"  # var, var+c, wsram, wsram+c, wsram+q, wsram+q+c, vimco
     samples: int = 5  # K, trajectories per image in each update (the paper's M)
     steps: int = 3000  # updates to train for (a resumed run trains up to this many)
     time_limit: float = 0.0  # minutes of training after which to checkpoint and stop; 0 = none
@@ -64,6 +64,9 @@ class TrainConfig:
     TASK: typing.ClassVar[str] = ""
     #: methods of the task's own beside the estimators of ``METHODS`` (e.g. a baseline)
     OWN_METHODS: typing.ClassVar[tuple[str, ...]] = ()
+    #: what the value of a key is, for ``--help``, where it takes one of a few words
+    WORDS: typing.ClassVar[dict[str, str]] = {
+        "method": "METHOD", "precision": "fp32|bf16", "device": "cpu|cuda|cuda:N"}
     # Fields a resumed run may change: how long and where it runs, and what it logs.
     RESUMABLE_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "steps", "time_limit", "device", "threads", "precision", "eval_every", "eval_size",
@@ -120,12 +123,9 @@ class TrainConfig:
         return {k: getattr(self, k) for k in self.MODEL_KEYS}
 
     def input_paths(self) -> list[str]:
-        """Files and folders the run reads (never to be deleted by ``--overwrite``)."""
-        return [p for p in (getattr(self, "data_dir", None),) if p]
-
-    def check_inputs(self) -> None:
-        """Read the training data far enough to refuse bad input before the run folder is
-        touched (``--overwrite`` must not delete a run for a new one that cannot start)."""
+        """Files and folders the run reads (never to be deleted by ``--overwrite``); a task's
+        config names its own."""
+        return []
 
 
 def need(ok: bool, msg: str) -> None:

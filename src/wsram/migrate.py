@@ -35,13 +35,21 @@ def _new_config(run: RunDir) -> dict[str, Any] | None:
     """The folder's config in today's form, or None if it is in it already."""
     raw = run.read_config()
     if "task" in raw:
+        if raw["task"] not in registry.tasks():
+            raise WsramError(f"{run}: {run.config.name} names an unknown task "
+                             f"{raw['task']!r}; known: {', '.join(registry.tasks())}")
         return None
-    for spec in registry.tasks().values():
-        new = spec.migrate(raw) if spec.migrate else None
-        if new is not None:
-            cfg = make_config(new, spec.config_class)
-            return {"task": spec.name, **cfg.to_dict()}
-    raise WsramError(f"{run}: no task recognises its {run.config.name}")
+    found = [(spec, new) for spec in registry.tasks().values() if spec.migrate
+             and (new := spec.migrate(raw)) is not None]
+    if len(found) != 1:
+        raise WsramError(f"{run}: its {run.config.name} is not a wsram run's of any known "
+                         "format (no task recognises it)")
+    spec, new = found[0]
+    try:
+        cfg = make_config(new, spec.config_class)
+    except WsramError as e:
+        raise WsramError(f"{run}: its {run.config.name} does not convert: {e}") from None
+    return {"task": spec.name, **cfg.to_dict()}
 
 
 def migrate_run(run_dir: str | Path) -> str:
@@ -58,8 +66,7 @@ def migrate_run(run_dir: str | Path) -> str:
         for path in (p for p in paths if p.is_file()):
             state = checkpoint.load(path)
             if _checkpoint_state(state):
-                state.pop("format", None)
-                checkpoint.save(path, state)
+                checkpoint.save(path, state)  # atomic: a crash leaves the old file
                 done.append(path.name)
         if config is not None:
             run.write_config(config)

@@ -12,6 +12,17 @@ from .run_dir import read_metrics
 from .stats import mean_interval, smoothed
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing into files (no window)."""
+    # matplotlib: imported only when drawing, to keep every command's start-up fast
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def method_style(name: str) -> dict[str, Any]:
     """The method's own colour (the same in every figure); "+explore" variants dashed."""
     base = name.removesuffix("+explore")

@@ -1,9 +1,11 @@
 """The task registry: the one place where the core reaches the task packages.
 
 A task package registers its :class:`~wsram.task.TaskSpec` when it is imported;
-:func:`tasks` imports the built-in packages (``PACKAGES``, by name: the core holds no
-import of them) the first time it is asked. Everything else (the command line, the
-training loop, ``load_run``) looks tasks up here.
+:func:`tasks` imports the built-in task packages (``TASK_PACKAGES``, by name: the core
+holds no import of them) the first time it is asked, and :func:`commands` the packages
+that only add subcommands (``COMMAND_PACKAGES``: the study's ``compare``), which only the
+command line asks for. Everything else (the training loop, ``load_run``) looks tasks up
+here. These by-name imports are the only way the core reaches a higher layer.
 """
 
 from __future__ import annotations
@@ -20,13 +22,21 @@ from .errors import ConfigError, WsramError
 from .run_dir import RunDir, register_run_files
 from .task import Task, TaskSpec
 
-#: the packages that add tasks or commands, loaded in this order (the CLI lists their
-#: commands in it): each registers itself when imported
-PACKAGES = ("wsram.classification", "wsram.captioning", "wsram.study")
+#: the task packages, loaded in this order: each registers itself when imported
+TASK_PACKAGES = ("wsram.classification", "wsram.captioning")
+#: packages that add subcommands but no task (loaded by the command line alone)
+COMMAND_PACKAGES = ("wsram.study",)
 
 _TASKS: dict[str, TaskSpec] = {}
 _COMMANDS: list[Any] = []  # add_commands(subparsers) of packages that are not tasks
-_loaded = False
+_loaded: set[str] = set()
+
+
+def _load(packages: tuple[str, ...]) -> None:
+    for name in packages:
+        if name not in _loaded:
+            importlib.import_module(name)  # registers itself
+            _loaded.add(name)
 
 
 def register(spec: TaskSpec) -> TaskSpec:
@@ -45,18 +55,15 @@ def register_commands(add_commands: Any) -> None:
 
 
 def tasks() -> dict[str, TaskSpec]:
-    """Every registered task by name (the built-in packages imported on first use)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for name in PACKAGES:
-            importlib.import_module(name)
+    """Every registered task by name (the built-in task packages imported on first use)."""
+    _load(TASK_PACKAGES)
     return _TASKS
 
 
 def commands() -> list[Any]:
-    """The registered ``add_commands`` of packages that are not tasks."""
-    tasks()
+    """The registered ``add_commands`` of packages that are not tasks (imported on first
+    use)."""
+    _load(COMMAND_PACKAGES)
     return list(_COMMANDS)
 
 

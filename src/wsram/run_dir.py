@@ -25,12 +25,10 @@ CHECKPOINTS = {"last": "last.pt", "best": "best.pt"}
 EVALS = {"last": "eval.json", "best": "eval_best.json"}
 #: what a run that stopped before its first checkpoint had as best.pt, kept on a restart
 EARLIER_BEST = "best-before-restart.pt"
-GLIMPSES = "glimpses.png"
 
 #: every file or folder a run may write (and ``--overwrite`` may delete); a task adds its
 #: own with :func:`register_run_files`
-RUN_FILES = [CONFIG, METRICS, *CHECKPOINTS.values(), EARLIER_BEST, *EVALS.values(), GLIMPSES,
-             TB]
+RUN_FILES = [CONFIG, METRICS, *CHECKPOINTS.values(), EARLIER_BEST, *EVALS.values(), TB]
 
 
 def register_run_files(*names: str) -> None:
@@ -74,10 +72,6 @@ class RunDir:
     @property
     def tb(self) -> Path:
         return self.path / TB
-
-    @property
-    def glimpses(self) -> Path:
-        return self.path / GLIMPSES
 
     def checkpoint(self, which: str = "last") -> Path:
         """``last.pt`` (the latest update) or ``best.pt`` (the best evaluation)."""
@@ -222,8 +216,12 @@ def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
     saved_path = run_dir / CONFIG
     if not saved_path.is_file():
         raise WsramError(f"{run_dir}: nothing to resume (no config.yaml)")
+    raw = load_yaml(saved_path)
+    if "task" not in raw:  # written before config files named their task
+        raise WsramError(f"{run_dir}: a run folder of an older format; convert it with: "
+                         f"wsram migrate {run_dir}")
     try:
-        saved = make_config(load_yaml(saved_path), type(cfg)).to_dict()
+        saved = make_config(raw, type(cfg)).to_dict()
     except WsramError as e:
         raise WsramError(f"{run_dir}: cannot resume: its config.yaml is not a "
                          f"{type(cfg).__name__} ({e})") from None

@@ -37,8 +37,8 @@ def end_of_run(row: dict[str, Any], cfg: TrainConfig, run_dir: str | Path,
     best = row.get("best_step")
     if best is not None or run.best.is_file():
         at = f"update {best}" if best is not None else "an earlier update"
-        better = "highest" if row.get("best_on", "").endswith(("bleu4", "cider")) else "lowest"
-        lag = (f", {row['last_step'] - best} updates before last.pt"
+        better = "highest" if getattr(spec.task_class, "select_higher", False) else "lowest"
+        lag = (f", {row['last_step'] - best} updates before {run.last.name}"
                if best is not None and best < row["last_step"] else "")
         lines.append(f"  {run.best} holds {at}{lag}: the {better} "
                      f"{row.get('best_on', 'evaluation')} so far")

@@ -79,11 +79,15 @@ class TaskSpec:
     add_commands: AddCommands
     summary_lines: SummaryLines
     help: str = ""  # the help line of its command group, for a task under a prefix
+    #: ``check_inputs(cfg)``: read the training data far enough to refuse bad input before
+    #: the run folder is touched (``--overwrite`` must not delete a run for a new one that
+    #: cannot start); None: nothing to check early
+    check_inputs: Callable[[Any], None] | None = None
     #: files its runs hold beyond the core's (``--overwrite`` replaces them too)
     run_files: tuple[str, ...] = ()
-    #: ``wsram migrate``: (raw config, checkpoint) -> (config, checkpoint) in today's
-    #: format, for run folders written before config.yaml named its task (None: none exist)
-    migrate: Callable[[dict[str, Any], dict[str, Any]], tuple[dict, dict]] | None = None
+    #: ``wsram migrate``: a raw config written before config files named their task ->
+    #: today's raw config, or None when it is not this task's (None: no old runs exist)
+    migrate: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
 
     @property
     def prefix(self) -> list[str]:

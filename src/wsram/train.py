@@ -29,7 +29,7 @@ from .config import TrainConfig, replace
 from .distributed import Dist
 from .engine import Engine
 from .errors import CheckpointError, WsramError
-from .registry import task_for
+from .registry import spec_for, task_for
 from .run_dir import (
     RunDir,
     RunLock,
@@ -66,7 +66,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
         locked = False  # until this process holds the folder's lock, its files are not ours
         try:
             old = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
-            cfg.check_inputs()
+            check = spec_for(cfg).check_inputs
+            if check is not None:
+                check(cfg)
             run = RunDir(run_dir)
             afresh = resume and not run.last.is_file() and run.has_config()
             if afresh:  # it stopped before its first checkpoint: nothing to continue

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..cli import add_train_parser, positive
 from ..errors import WsramError
-from ..run_dir import RunDir
+from ..run_dir import EVALS, METRICS, RunDir
 from .config import CaptionConfig
 from .evaluate import CAPTIONS, evaluate_caption_run, format_result, write_caption_result
 from .plots import plot_curves, show_captions
@@ -18,7 +18,7 @@ def add_commands(csub: Any) -> None:
     """``wsram caption train|evaluate|show|plot`` (``csub``: the ``caption`` group's)."""
     add_train_parser(csub, "train a caption model into a run folder", CaptionConfig)
     ce = csub.add_parser("evaluate", help="BLEU-1..4 and CIDEr of greedy and beam-search "
-                         "captions (writes RUN/eval.json and RUN/captions.json)")
+                         f"captions (writes RUN/{EVALS['last']} and RUN/{CAPTIONS})")
     ce.set_defaults(func=cmd_caption_evaluate)
     ce.add_argument("run_dir")
     ce.add_argument("--checkpoint", choices=["last", "best"], default="last")
@@ -38,7 +38,7 @@ def add_commands(csub: Any) -> None:
     cp.set_defaults(func=cmd_caption_plot)
     cp.add_argument("run_dirs", nargs="+", metavar="RUN")
     cp.add_argument("--out", required=True, help="PNG path")
-    cp.add_argument("--key", default="train/nll", help="metrics.jsonl key (default train/nll)")
+    cp.add_argument("--key", default="train/nll", help=f"{METRICS} key (default train/nll)")
     cp.add_argument("--max-step", type=int, help="plot updates up to this one")
     cp.add_argument("--title", help="figure title")
     cp.add_argument("--log-y", action="store_true", help="logarithmic y axis")

@@ -46,6 +46,9 @@ class CaptionConfig(TrainConfig):
     beam_size: int = 3  # beam width of `wsram caption evaluate`
 
     TASK: typing.ClassVar[str] = "captioning"
+    WORDS: typing.ClassVar[dict[str, str]] = {
+        **TrainConfig.WORDS, "dataset": "scenes|karpathy", "q_word": "current|preceding",
+        "encoder": "digits|resnet18|resnet34|resnet50"}
     MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "hidden", "embed", "neighbourhood", "encoder", "q_word",
     )
@@ -58,6 +61,8 @@ class CaptionConfig(TrainConfig):
                             self.encoder_weights, self.feature_cache) if p]
 
     def validate(self) -> CaptionConfig:
+        need(self.method != "cnn", "method: cnn is a classifier; captioning needs attention "
+             "(var, var+c, wsram, wsram+c, wsram+q, wsram+q+c, vimco)")
         super().validate()
         need(self.coverage == 0, "coverage: not defined for captioning; leave it 0")
         need(self.dataset in ("scenes", "karpathy"),

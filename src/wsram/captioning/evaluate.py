@@ -68,7 +68,7 @@ def format_result(run_dir: str | Path, res: dict[str, Any]) -> str:
         lines.append(f"  {name:<22}" + "".join(
             f"{sc[k]:>8.3f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider")))
     if "selected_on" in res:
-        lines.append(f"  note: best.pt was selected on {res['selected_on']}")
+        lines.append(f"  note: {res['checkpoint']} was selected on {res['selected_on']}")
     return "\n".join(lines)
 
 

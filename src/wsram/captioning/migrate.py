@@ -10,6 +10,6 @@ from .config import CaptionConfig
 def migrate_config(raw: dict[str, Any]) -> dict[str, Any] | None:
     """A ``config.yaml`` written before config files named their task, in today's form;
     None if it is not a caption run's (only caption configs have ``dataset``)."""
-    if "dataset" not in raw:
+    if not {"dataset", "embed"} <= set(raw):  # keys only a caption config has
         return None
     return {"task": CaptionConfig.TASK, **raw}

@@ -6,19 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ..atomic import atomic_write_bytes  # noqa: E402
-from ..checkpoint import writable_output  # noqa: E402
-from ..errors import ConfigError, WsramError  # noqa: E402
-from ..plots import band, curve, method_style  # noqa: E402
-from ..registry import load_run  # noqa: E402
-from ..run_dir import RunDir  # noqa: E402
-from .evaluate import SPLITS  # noqa: E402
+from ..atomic import atomic_write_bytes
+from ..checkpoint import writable_output
+from ..errors import ConfigError, WsramError
+from ..plots import band, curve, method_style, pyplot
+from ..registry import load_run
+from ..run_dir import RunDir
+from .evaluate import SPLITS
 
 SHOW = "show"  # the folder of ``wsram caption show``'s PNGs in a run folder
 
@@ -51,6 +47,7 @@ def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: i
         words = (hyps[i] + ["<eos>"])[:len(layers)]  # no <eos> when max_len cut it
         cols = max(4, min(8, len(words)))
         rows = 1 + (len(words) + cols - 1) // cols
+        plt = pyplot()
         fig = plt.figure(figsize=(1.6 * cols, 1.8 * rows + 1.2), layout="constrained")
         grid = fig.add_gridspec(rows, cols)
         ax = fig.add_subplot(grid[0, :])
@@ -119,6 +116,7 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, key: str = "train/n
         if not curve(run, key, max_step=max_step):
             raise WsramError(f"{run}: no {key!r} in {metrics.name}")
         groups.setdefault(_method(run), []).append(run)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     for method, runs in groups.items():
         label = method if len(runs) > 1 or method == runs[0].name else f"{method} ({runs[0].name})"

@@ -13,10 +13,11 @@ Importing it registers the task (``wsram.registry``).
 
 from wsram.classification.commands import add_commands
 from wsram.classification.config import ClassificationConfig, make_config
-from wsram.classification.data.splits import test_set
+from wsram.classification.data.splits import check_inputs, test_set
 from wsram.classification.evaluate import evaluate_run, summary_lines, test_errors
 from wsram.classification.migrate import migrate_config
 from wsram.classification.model import AttentionModel
+from wsram.classification.plots import GLIMPSES
 from wsram.classification.task import ClassificationTask, build_model
 from wsram.registry import register
 from wsram.task import TaskSpec
@@ -25,6 +26,7 @@ SPEC = register(TaskSpec(
     name="classification", noun="classification", command="wsram",
     config_class=ClassificationConfig, task_class=ClassificationTask,
     add_commands=add_commands, summary_lines=summary_lines, migrate=migrate_config,
+    check_inputs=check_inputs, run_files=(GLIMPSES,),
 ))
 
 __all__ = ["SPEC", "AttentionModel", "ClassificationConfig", "ClassificationTask",

@@ -5,7 +5,7 @@ pixel cost, and what error does it buy? To go through the one training loop and 
 evaluation unchanged it speaks the attention model's probabilistic interface: a
 :class:`Rollout` with no glimpses, whose K "trajectories" are the same prediction repeated,
 whose action log-densities are zero, and which is trained by plain maximum likelihood
-(``methods.py``, method ``cnn``).
+(:data:`CNN`, below: a model of this task, not an estimator of ``METHODS``).
 """
 
 from __future__ import annotations

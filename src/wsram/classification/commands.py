@@ -11,7 +11,7 @@ from typing import Any
 from ..checkpoint import writable_output
 from ..cli import add_train_parser, positive
 from ..errors import WsramError
-from ..run_dir import RunDir
+from ..run_dir import CHECKPOINTS, EVALS, RunDir
 from .config import ClassificationConfig
 from .cost import cost_command
 from .evaluate import evaluate_run, format_result, write_result
@@ -21,18 +21,18 @@ from .predict import format_predictions, predict
 
 def add_commands(sub: Any) -> None:
     add_train_parser(sub, "train a model into a run folder", ClassificationConfig)
-    e = sub.add_parser("evaluate", help="test errors of a run (writes RUN/eval.json)")
+    e = sub.add_parser("evaluate", help=f"test errors of a run (writes RUN/{EVALS['last']})")
     e.set_defaults(func=cmd_evaluate)
     e.add_argument("run_dir")
     e.add_argument("--checkpoint", choices=["last", "best"], default="last",
-                   help="which checkpoint: last.pt (the latest update) or best.pt (the best "
-                   "validation error) (default: last)")
+                   help=f"which checkpoint: {CHECKPOINTS['last']} (the latest update) or "
+                   f"{CHECKPOINTS['best']} (the best validation error) (default: last)")
     e.add_argument("--samples", type=int, metavar="M",
                    help="M, trajectories averaged (default: the run's)")
     e.add_argument("--test-size", type=int, metavar="N",
                    help="test canvases (default: the run's test set)")
     e.add_argument("--out", metavar="FILE.json",
-                   help="write the results here instead of RUN/eval.json")
+                   help=f"write the results here instead of RUN/{EVALS['last']}")
     s = sub.add_parser("show", help="PNG of test canvases with the glimpses drawn on them")
     s.set_defaults(func=cmd_show)
     s.add_argument("run_dir")

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import TrainConfig, need
 from ..config import make_config as _make_config
-from .data.splits import load_split
+from ..run_dir import CHECKPOINTS
 
 
 @dataclass
@@ -17,6 +17,8 @@ class ClassificationConfig(TrainConfig):
     """The classification task: digits (or the user's images) on a canvas (METHOD.md,
     Experiments)."""
 
+    # the estimators of METHODS, or this task's CNN baseline (cnn.py)
+    method: str = "wsram+q+c"  # var, var+c, wsram, wsram+c, wsram+q, wsram+q+c, vimco, cnn
     # --- data ---
     source: str = "mnist"  # mnist (bundled or IDX files), folder (image folder), npz (arrays)
     data_dir: str | None = None  # IDX folder (None: 5,000 bundled digits), image folder, or .npz
@@ -76,8 +78,8 @@ class ClassificationConfig(TrainConfig):
              f"digit_max: a digit of {self.digit_max} px does not fit a "
              f"{self.canvas_size} px canvas")
         need(self.holdout_every == 0 or self.holdout_every >= 2,
-             f"holdout_every: must be >= 2 (or 0: no validation set, best.pt chosen on test "
-             f"canvases), got {self.holdout_every}")
+             f"holdout_every: must be >= 2 (or 0: no validation set, {CHECKPOINTS['best']} "
+             f"chosen on test canvases), got {self.holdout_every}")
         need(self.test_size is None or self.test_size >= 1,
              f"test_size: must be >= 1, got {self.test_size}")
         need(self.glimpses >= 1, f"glimpses: must be >= 1, got {self.glimpses}")
@@ -93,11 +95,8 @@ class ClassificationConfig(TrainConfig):
         need(self.eval_samples >= 1, f"eval_samples: must be >= 1, got {self.eval_samples}")
         return self
 
-    def check_inputs(self) -> None:
-        """Own data (an image folder, a .npz) are read, and kept for the task, before the
-        run folder is touched; MNIST sources are checked when the task reads them."""
-        if self.source != "mnist":
-            load_split(self, "train")
+    def input_paths(self) -> list[str]:
+        return [self.data_dir] if self.data_dir else []
 
     def model_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.MODEL_KEYS}

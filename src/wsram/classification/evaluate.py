@@ -104,7 +104,8 @@ def format_result(run_dir: str | Path, res: dict) -> str:
              "(deterministic policy)"]
     if "selected_on" in res:
         optimistic = ", so these errors are optimistic" if "test" in res["selected_on"] else ""
-        lines.append(f"  note: best.pt was selected on {res['selected_on']}{optimistic}")
+        lines.append(f"  note: {res['checkpoint']} was selected on {res['selected_on']}"
+                     f"{optimistic}")
     return "\n".join(lines)
 
 

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+from ..atomic import atomic_write_bytes
+from ..checkpoint import writable_output
+from ..errors import WsramError
+from ..plots import pyplot
+from ..registry import load_run
+from ..run_dir import RunDir
+from .data.splits import test_set
 
-from ..atomic import atomic_write_bytes  # noqa: E402
-from ..checkpoint import writable_output  # noqa: E402
-from ..errors import WsramError  # noqa: E402
-from ..registry import load_run  # noqa: E402
-from ..run_dir import RunDir  # noqa: E402
-from .data.splits import test_set  # noqa: E402
-
+GLIMPSES = "glimpses.png"  # wsram show's figure in a run folder
 GLIMPSE_COLOURS = ["#e41a1c", "#ff7f00", "#4daf4a", "#377eb8", "#984ea3", "#a65628",
                    "#f781bf", "#999999"]
 
@@ -40,7 +38,7 @@ def draw_glimpse_boxes(ax, boxes: Tensor, scales: list[float], scale_idx: Tensor
     for n in range(boxes.shape[0]):
         x0, y0, x1, y1 = boxes[n].tolist()
         c = GLIMPSE_COLOURS[n % len(GLIMPSE_COLOURS)]
-        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+        ax.add_patch(pyplot().Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                    edgecolor=c, linewidth=1.5, clip_on=True))
         tx, ty = spots[n]
         ax.text(tx, ty, f"{n + 1}:{scales[int(scale_idx[n])]:.2g}", color=c, fontsize=7,
@@ -71,6 +69,7 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
 
     cols = min(6, len(x))
     rows = (len(x) + cols - 1) // cols
+    plt = pyplot()
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.8 * rows), squeeze=False,
                              layout="constrained")
     for i, ax in enumerate(axes.flat):
@@ -86,7 +85,7 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
     policy = "deterministic policy" if deterministic else "one sampled trajectory"
     fig.suptitle(f"{cfg.method}, update {state['step']}: glimpses ({policy}); "
                  "box label = order:scale", fontsize=9)
-    out = Path(out) if out is not None else RunDir(run_dir).glimpses
+    out = Path(out) if out is not None else RunDir(run_dir) / GLIMPSES
 
     def write(f):
         fig.savefig(f, dpi=110, format="png")

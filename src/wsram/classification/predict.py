@@ -18,10 +18,11 @@ from torch import Tensor
 
 from ..atomic import atomic_write_bytes
 from ..errors import WsramError
+from ..plots import pyplot
 from ..registry import LoadedRun, load_run
 from .data.own import fit_image, read_image
 from .evaluate import EVAL_SEED
-from .plots import class_label, draw_glimpse_boxes, image_for_plot, plt
+from .plots import class_label, draw_glimpse_boxes, image_for_plot
 
 
 @dataclass
@@ -119,6 +120,7 @@ def _draw(model: Any, cfg: Any, x: Tensor, det: Any, preds: list[Prediction], ou
         while name in used:
             name, n = f"{stem}-{n}.png", n + 1
         used.add(name)
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(3.2, 3.6), layout="constrained")
         img, style = image_for_plot(x[i])
         ax.imshow(img.numpy(), **style)

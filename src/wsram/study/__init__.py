@@ -11,10 +11,13 @@ The modules, each importing only those before it:
 - :mod:`.results`: one record per run (:class:`~.results.StudyRun`), the rate rules,
   means with intervals and differences between methods (no formatting);
 - :mod:`.report`: ``results.md`` tables, ``results.json`` and the figures;
-- :mod:`.commands`: the ``wsram compare`` command, registered below.
+- :mod:`.commands`: the ``wsram compare`` command, registered below;
+- :mod:`.convergence`: the tables and figures of the convergence study
+  (docs/convergence.md), from its run folders' files.
 
 The study sits above the classification task and the core (training, run folders,
-statistics): nothing in them imports it.
+statistics): nothing in them imports it; the command line loads it by name through the
+registry (``registry.COMMAND_PACKAGES``).
 """
 
 from wsram.registry import register_commands

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wsram.atomic import atomic_write_bytes, atomic_write_text
-from wsram.plots import method_style
+from wsram.plots import method_style, pyplot
 from wsram.run_dir import RunDir
 from wsram.stats import first_reach, mcnemar_exact, plateau, wilson_interval
 
@@ -117,8 +117,10 @@ def _plateau_cell(run: ConvRun) -> str:
 
 
 def run_table(runs: list[ConvRun]) -> list[str]:
-    head = ["| run | updates | to 10% / 5% / 3% | plateau | test, last.pt: 1 / mean of 10 "
-            "[95%] / det. | test, best.pt (update) |", "|---|---|---|---|---|---|"]
+    names = RunDir(".")
+    head = [f"| run | updates | to 10% / 5% / 3% | plateau | test, {names.last.name}: 1 / mean "
+            f"of 10 [95%] / det. | test, {names.best.name} (update) |",
+            "|---|---|---|---|---|---|"]
     rows = []
     for r in runs:
         reach = " / ".join(f"{s:,}" if (s := first_reach(r.curve, lv)) is not None else "-"
@@ -157,7 +159,7 @@ def paired_tests(runs: list[ConvRun]) -> list[str]:
 
 
 def figure(runs: list[ConvRun], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     for r in runs:
         if not r.curve:
@@ -176,16 +178,6 @@ def figure(runs: list[ConvRun], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _pyplot() -> Any:
-    # matplotlib: imported only when drawing, to keep start-up fast
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write_report(root: str | Path, out_dir: str | Path) -> Path:
     """``tables.md`` and one figure per setup into ``out_dir``; returns the tables' path."""
     root, out_dir = Path(root), Path(out_dir)
@@ -197,8 +189,8 @@ def write_report(root: str | Path, out_dir: str | Path) -> Path:
         long = [r for r in mine if not r.cosine]
         figure(mine, out_dir / f"{setup}.png", f"{setup}: validation error (solid: seed 0)")
         lines += ["", f"## {setup}", "", f"![{setup}]({setup}.png)", "",
-                  *run_table(mine), "", "Paired on the same test canvases (last.pt, mean "
-                  "of 10):", "", *paired_tests(long)]
+                  *run_table(mine), "", "Paired on the same test canvases "
+                  f"({RunDir('.').last.name}, mean of 10):", "", *paired_tests(long)]
     path = out_dir / "tables.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

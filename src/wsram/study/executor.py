@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from wsram.atomic import atomic_write_text
 from wsram.checkpoint import load
 from wsram.classification.config import ClassificationConfig
 from wsram.classification.evaluate import evaluate_run
@@ -152,7 +153,7 @@ def _start(name: str, cfg: ClassificationConfig, out_dir: Path, threads: int,
     run_dir = out_dir / name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = run_dir.parent / f".{run_dir.name}.yaml"
-    cfg_file.write_text(yaml.safe_dump(
+    atomic_write_text(cfg_file, yaml.safe_dump(
         replace(cfg, threads=cfg.threads or threads).to_dict(), sort_keys=False))
     cmd = [sys.executable, "-m", "wsram", "train", "--run-dir", str(run_dir),
            "--config", str(cfg_file), "--no-progress"]

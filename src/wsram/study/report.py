@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from wsram.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from wsram.methods import METHODS
-from wsram.plots import band, method_style
+from wsram.classification.task import method_of
+from wsram.plots import band, method_style, pyplot
 from wsram.run_dir import RunDir
 from wsram.study.results import (
     CONVERGED_BELOW,
@@ -83,7 +83,7 @@ def _ratio(d: dict[str, Any] | None) -> str:
 def _label(variant: str) -> str:
     """A variant's name in tables: its method's label, "+ heuristics" for "+explore"."""
     method = variant.removesuffix("+explore")
-    return METHODS[method].label + (" + heuristics" if variant != method else "")
+    return method_of(method).label + (" + heuristics" if variant != method else "")
 
 
 def _seconds(group: dict[str, Any], cell: str) -> str:
@@ -320,21 +320,10 @@ def _notes() -> list[str]:
             "against the learning rate), figure4_exploration.png.", ""]
 
 
-def _pyplot() -> Any:
-    """matplotlib's pyplot, drawing into files (no window)."""
-    # matplotlib: imported only when drawing, to keep start-up fast
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=120, format="png"))
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def _group_dirs(out_dir: Path, res: dict, variant: str, lr: float) -> list[Path]:
@@ -349,7 +338,7 @@ def plot_comparison(out_dir: str | Path, res: dict) -> list[Path]:
     out_dir = Path(out_dir)
     table, cut = res["table"], res.get("max_step")
     main = [v for v in table if not v.endswith("+explore")]
-    fig, axes = _pyplot().subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = pyplot().subplots(1, 3, figsize=(16, 4.6))
     for v in main:
         dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
         label = f"{v}, lr {table[v]['lr']:g}"
@@ -379,7 +368,7 @@ def plot_comparison(out_dir: str | Path, res: dict) -> list[Path]:
 
 def _plot_rates(out_dir: Path, res: dict) -> Path:
     """Final training error against the learning rate, mean and 95% interval per method."""
-    fig, ax = _pyplot().subplots(figsize=(6.4, 4.4))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.4))
     for v, g in res["by_lr"].items():
         if v.endswith("+explore") or len(g) < 2:
             continue
@@ -402,7 +391,7 @@ def _plot_exploration(out_dir: Path, res: dict, explored: list[str]) -> Path:
     table = res["table"]
     study = [v.removesuffix("+explore") for v in explored if v.removesuffix("+explore")
              in table] + explored
-    fig, axes = _pyplot().subplots(1, 1 + len(study), figsize=(4.4 * (1 + len(study)), 4.2),
+    fig, axes = pyplot().subplots(1, 1 + len(study), figsize=(4.4 * (1 + len(study)), 4.2),
                              squeeze=False)
     axes = axes[0]
     for v in study:

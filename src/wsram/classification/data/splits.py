@@ -68,6 +68,13 @@ def eval_split(cfg: ClassificationConfig) -> str:
     return "val" if cfg.holdout_every else "test"
 
 
+def check_inputs(cfg: ClassificationConfig) -> None:
+    """Own data (an image folder, a .npz) are read, and kept for the task, before the run
+    folder is touched; MNIST sources are checked when the task reads them."""
+    if cfg.source != "mnist":
+        load_split(cfg, "train")
+
+
 def canvas_spec(cfg: ClassificationConfig) -> CanvasSpec:
     return CanvasSpec(cfg.canvas_size, cfg.digit_min, cfg.digit_max, cfg.distractors,
                       cfg.distractor_size)
