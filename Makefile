@@ -29,8 +29,10 @@ demo: $(BIN)/.installed
 	$(BIN)/wsram evaluate $(RUN)
 	$(BIN)/wsram show $(RUN)
 
+# Every test, on two worker processes (pytest-xdist); `pytest -m "not slow"`: the quick
+# subset (under a minute), for while you work.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks

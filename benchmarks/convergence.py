@@ -120,9 +120,11 @@ def is_done(run: Path, spec: Spec) -> bool:
 class Pool:
     """Trains specs ``jobs`` at a time until each is done or the deadline comes."""
 
-    def __init__(self, specs: list[Spec], root: Path, wsram: str, jobs: int, deadline: float):
+    def __init__(self, specs: list[Spec], root: Path, wsram: str, jobs: int, deadline: float,
+                 extra: tuple[str, ...] = ()):
         self.queue = [s for s in specs if not is_done(root / s.name, s)]
         self.root, self.wsram, self.jobs, self.deadline = root, wsram, jobs, deadline
+        self.extra = list(extra)  # flags for every new run (e.g. --data-dir)
         self.running: dict[str, tuple[Spec, subprocess.Popen]] = {}
         self.stopping = False
 
@@ -138,7 +140,7 @@ class Pool:
         else:
             run.parent.mkdir(parents=True, exist_ok=True)
             cmd = [self.wsram, "train", "--run-dir", str(run), *spec.args(), "--threads", "1",
-                   *common]
+                   *self.extra, *common]
         log = open(self.root / f"{spec.name}.log", "a")
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
@@ -201,8 +203,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     if not shutil.which(wsram):
         sys.exit(f"convergence: {wsram}: no wsram executable (make the pinned copy: "
                  "see docs/convergence.md, or pass --wsram)")
+    extra = ("--data-dir", args.data_dir) if args.data_dir else ()
     pool = Pool(PHASES[args.phase], Path(args.root), wsram, args.jobs,
-                time.time() + args.minutes * 60)
+                time.time() + args.minutes * 60, extra)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, pool.stop)
     say(f"{args.phase}: {len(pool.queue)} runs to train or finish, {args.jobs} at a time, "
@@ -287,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="wall-clock budget; every run stops with a checkpoint before it ends")
     r.add_argument("--jobs", type=int, default=2)
     r.add_argument("--wsram", help="the wsram executable (default: the pinned copy's)")
+    r.add_argument("--data-dir", help="MNIST IDX files for every new run (full MNIST); use "
+                   "another --root for them")
     for q in (r, sub.add_parser("status", help="where each run stands"),
               c := sub.add_parser("collect", help="copy small files into the docs")):
         q.add_argument("--root", default=str(ROOT / "runs" / "long"))

@@ -337,7 +337,9 @@ def test_caption_train_evaluate_show_plot(cli, tmp_path: Path, encoder_file: Pat
     refs = caps["captions"][0]["references"]
     assert any(t.startswith("references:") and refs[0] in t for t in texts)
     assert any(re.search(r"layer \d \(\d+x\d+\)", t) for t in texts)
-    assert plots.is_clipped(2, 2, 8, 64, 64) and not plots.is_clipped(32, 32, 8, 64, 64)
+    from wsram.captioning import plots as cap_plots
+
+    assert cap_plots.is_clipped(2, 2, 8, 64, 64) and not cap_plots.is_clipped(32, 32, 8, 64, 64)
     pngs = sorted((run / "show").glob("*.png"))
     assert [p.name for p in pngs] == ["test-0000.png", "test-0001.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)

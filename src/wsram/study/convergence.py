@@ -164,11 +164,17 @@ def figure(runs: list[ConvRun], path: Path, title: str) -> None:
     for r in runs:
         if not r.curve:
             continue
-        style = {**method_style(r.method), "linestyle": "--" if r.seed % 2 else "-"}
+        dash = (":", "-.") if r.cosine else ("-", "--")
+        style = {**method_style(r.method), "linestyle": dash[r.seed % 2]}
         ax.plot([s for s, _ in r.curve], [100 * v for _, v in r.curve],
                 label=f"{r.name} ({r.done:,})", **style)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain = plt.FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plt.FuncFormatter(
+            lambda v, _: f"{v:g}" if f"{v:g}"[0] in "235" else ""))
     ax.set_xlabel("updates")
     ax.set_ylabel("validation error, mean of 10 trajectories (%)")
     ax.set_title(title, fontsize=9)
@@ -187,7 +193,8 @@ def write_report(root: str | Path, out_dir: str | Path) -> Path:
     for setup in sorted({r.setup for r in runs}):
         mine = [r for r in runs if r.setup == setup]
         long = [r for r in mine if not r.cosine]
-        figure(mine, out_dir / f"{setup}.png", f"{setup}: validation error (solid: seed 0)")
+        figure(mine, out_dir / f"{setup}.png", f"{setup}: validation error (seed 0 solid, "
+               "seed 1 dashed; cosine runs dotted)")
         lines += ["", f"## {setup}", "", f"![{setup}]({setup}.png)", "",
                   *run_table(mine), "", "Paired on the same test canvases "
                   f"({RunDir('.').last.name}, mean of 10):", "", *paired_tests(long)]
