@@ -404,7 +404,7 @@ def _plot_exploration(out_dir: Path, res: dict, explored: list[str]) -> Path:
     axes[0].grid(alpha=0.3)
     for ax, v in zip(axes[1:], study, strict=True):
         dirs = _group_dirs(out_dir, res, v, table[v]["lr"])
-        scales = (_config(dirs[0]) or {}).get("scales", []) if dirs else []
+        scales = res["setup"].get("scales") or []
         for i, sc in enumerate(scales):
             band(ax, dirs, f"diag/scale{i}", f"scale {sc:g}", scale=1e-3,
                  max_step=res.get("max_step"), color=f"C{i}", linewidth=1.4)
@@ -416,6 +416,4 @@ def _plot_exploration(out_dir: Path, res: dict, explored: list[str]) -> Path:
     return out_dir / "figure4_exploration.png"
 
 
-def _config(run_dir: Path) -> dict | None:
-    run = RunDir(run_dir)
-    return run.read_config() if run.has_config() else None
+

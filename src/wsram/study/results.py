@@ -331,7 +331,8 @@ def results(out_dir: Path, max_step: int | None = None) -> dict[str, Any]:
     shared_path = out_dir / SHARED_FILE
     return {
         "setup": {k: cfg.get(k) for k in ("samples", "steps", "batch_size", "canvas_size",
-                                          "glimpses", "holdout_every", "device", "data_dir")},
+                                          "glimpses", "holdout_every", "device", "data_dir",
+                                          "scales")},
         "max_step": max_step,
         "rules": {"converged_below": CONVERGED_BELOW, "max_rise": MAX_RISE,
                   "final_points": FINAL_POINTS, "smooth": SMOOTH,
