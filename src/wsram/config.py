@@ -66,7 +66,8 @@ class TrainConfig:
     OWN_METHODS: typing.ClassVar[tuple[str, ...]] = ()
     #: what the value of a key is, for ``--help``, where it takes one of a few words
     WORDS: typing.ClassVar[dict[str, str]] = {
-        "method": "METHOD", "precision": "fp32|bf16", "device": "cpu|cuda|cuda:N"}
+        "method": "METHOD", "precision": "fp32|bf16", "device": "cpu|cuda|cuda:N",
+        "lr_schedule": "constant|cosine"}
     # Fields a resumed run may change: how long and where it runs, and what it logs.
     RESUMABLE_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "steps", "time_limit", "device", "threads", "precision", "eval_every", "eval_size",
