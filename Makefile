@@ -1,7 +1,8 @@
 # Two entry points for a fresh machine:
 #   make demo   trains WS-RAM+q+c on the bundled digits, evaluates it and draws its glimpses
 #   make test   runs the test suite
-# Both create .venv and install what they need (PyTorch pinned to a CPU build).
+# Both create .venv and install what they need (PyTorch pinned to 2.13.0; which build pip
+# picks depends on the machine: TORCH='torch==2.13.0 --index-url URL' chooses the index).
 
 PYTHON ?= python3
 # What pip installs for PyTorch; e.g. TORCH='torch==2.13.0 --index-url <your wheel index>'

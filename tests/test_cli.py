@@ -169,3 +169,16 @@ def test_run_folders_are_not_clobbered_and_bad_runs_are_refused(cli, tmp_path: P
     assert code == 2 and "no such run folder" in err
     code, _, err = cli("train", "--run-dir", str(tmp_path / "new"), "--resume")
     assert code == 2 and "nothing to resume" in err
+
+
+def test_resuming_with_fewer_steps_says_where_the_run_is_and_keeps_its_config(
+        cli, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    assert cli("train", "--run-dir", str(run), "--steps", "12", *TINY)[0] == 0
+    config = (run / "config.yaml").read_text()
+    code, out, err = cli("train", "--run-dir", str(run), "--resume", "--steps", "5",
+                         "--no-progress")
+    assert code == 0 and "at update 12, past the 5 asked; nothing to train" in out, out + err
+    assert (run / "config.yaml").read_text() == config  # still steps: 12
+    code, out, _ = cli("train", "--run-dir", str(run), "--resume", "--no-progress")
+    assert code == 0 and "already at 12 updates" in out

@@ -144,8 +144,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{args.run_dir}: prepared; no updates asked for (--steps 0)")
         return code
     elif code == 0 and row["last_step"] >= cfg.steps:
-        print(f"{args.run_dir}: already at {cfg.steps} updates; nothing to train "
-              "(raise --steps to continue)")
+        at = row["last_step"]
+        where = (f"already at {at} updates" if at == cfg.steps else
+                 f"at update {at}, past the {cfg.steps} asked")
+        print(f"{args.run_dir}: {where}; nothing to train (raise --steps to continue)")
         return code
     sys.stdout.flush()
     print(end_of_run(row, cfg, args.run_dir, registry.spec_for(cfg)), file=sys.stderr)

@@ -423,7 +423,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
         cfg = replace(cfg, schedule_steps=saved_horizon(run_dir) if resume else cfg.steps)
     state = build_state(cfg, run_dir, resume, progress, ddp)
     main = ddp.is_main
-    if main:
+    if main and state.step <= cfg.steps:  # a resume asking for fewer keeps its config
         save_config(cfg, run_dir)
     log = RunLog(run_dir, state.step) if main else None
     start_step, last_row = state.step, {}
