@@ -59,18 +59,17 @@ def migrate_run(run_dir: str | Path) -> str:
         raise WsramError(f"{run}: no such run folder")
     if not run.has_config():
         raise WsramError(f"{run}: not a run folder (no {run.config.name})")
-    with RunLock(run.path):
-        config = _new_config(run)
-        done = []
-        paths = [run.last, run.best, run / EARLIER_BEST]
-        for path in (p for p in paths if p.is_file()):
-            state = checkpoint.load(path)
-            if _checkpoint_state(state):
-                checkpoint.save(path, state)  # atomic: a crash leaves the old file
-                done.append(path.name)
+    config = _new_config(run)
+    paths = [run.last, run.best, run / EARLIER_BEST]
+    states = {p: checkpoint.load(p) for p in paths if p.is_file()}
+    stale = {p: st for p, st in states.items() if _checkpoint_state(st)}
+    if config is None and not stale:  # nothing written, not even a lock file
+        return f"{run}: already in the current format; nothing to do"
+    with RunLock(run.path):  # not while a training holds the folder
+        for path, state in stale.items():
+            checkpoint.save(path, state)  # atomic: a crash leaves the old file
         if config is not None:
             run.write_config(config)
-            done.insert(0, f"{run.config.name} (task: {config['task']})")
-    if not done:
-        return f"{run}: already in the current format; nothing to do"
+    done = ([f"{run.config.name} (task: {config['task']})"] if config else []) + [
+        p.name for p in stale]
     return f"{run}: migrated {', '.join(done)}"
