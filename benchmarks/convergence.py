@@ -87,7 +87,10 @@ LONG = [
     *[_attention(p, "cnn", 0, 30000) for p in ("default", "mnist28", "cluttered60")],
 ]
 
-PHASES = {"pilot": PILOT, "long": LONG}
+#: everything in order: the pilot runs that are not the start of a long run, then the long
+#: runs (a run is queued once: two processes never train one folder)
+ALL = [s for s in PILOT if s.name not in {x.name for x in LONG}] + LONG
+PHASES = {"pilot": PILOT, "long": LONG, "all": ALL}
 MARGIN_MIN = 3.0  # minutes kept free at the end for the last evaluation and checkpoint
 
 
@@ -216,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    for phase, specs in PHASES.items():
+    for phase, specs in (("pilot", PILOT), ("long", LONG)):
         for s in specs:
             run = Path(args.root) / s.name
             state = "done" if is_done(run, s) else f"{last_step(run):>6} of {s.steps}"

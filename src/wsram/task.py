@@ -33,6 +33,11 @@ class Stream(Protocol):
 class Task(Protocol):
     """Data, model, evaluation and metrics of one task, for the training loop.
 
+    Its data splits: ``stream`` draws the training batches, ``prepare_eval`` /
+    ``evaluate`` use the validation split (which picks ``best.pt``); the test split is
+    read only by the task's own evaluate command (``TaskSpec.add_commands``), as are its
+    figures.
+
     A model of any task has ``rollout(x, y, num_samples, proposal, temperature,
     deterministic)`` returning a :class:`~wsram.rollout.Rollout`, and the parameter groups
     ``theta()``, ``eta()`` and ``baseline_params()`` (:class:`~wsram.rollout.ParameterGroups`).
