@@ -182,3 +182,14 @@ def test_resuming_with_fewer_steps_says_where_the_run_is_and_keeps_its_config(
     assert (run / "config.yaml").read_text() == config  # still steps: 12
     code, out, _ = cli("train", "--run-dir", str(run), "--resume", "--no-progress")
     assert code == 0 and "already at 12 updates" in out
+
+
+def test_progress_into_a_log_file_is_plain_lines(cli, tmp_path: Path) -> None:
+    """Not a terminal (here: captured stderr): a line every tenth of the way, no bar
+    redrawn with carriage returns."""
+    args = [a for a in TINY if a != "--no-progress"]
+    code, _, err = cli("train", "--run-dir", str(tmp_path / "r"), "--steps", "20", *args)
+    assert code == 0, err
+    lines = [x for x in err.splitlines() if ": update " in x]
+    assert [x.split(" of ")[0].split()[-1] for x in lines] == [str(n) for n in range(2, 21, 2)]
+    assert "\r" not in err and "updates/s" in lines[0] and "err " in lines[-1]

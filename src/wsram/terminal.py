@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -64,6 +65,35 @@ class GuardedStream:
 
     def __getattr__(self, name: str) -> Any:  # encoding, fileno, buffer, ...
         return getattr(self.stream, name)
+
+
+class LineProgress:
+    """Progress for a stream that is not a terminal (a log file, a cluster job's output):
+    a plain line every tenth of the way or every ``seconds``, whichever comes first,
+    instead of a bar redrawn with carriage returns. The calls a training loop makes of a
+    ``tqdm`` bar: ``update``, ``set_postfix``, ``close``."""
+
+    def __init__(self, total: int, initial: int, desc: str, stream: TextIO,
+                 seconds: float = 60.0):
+        self.total, self.n, self.desc, self.stream = total, initial, desc, stream
+        self.every = max(1, total // 10)
+        self.seconds, self.start, self.first = seconds, time.monotonic(), initial
+        self.last_time, self.postfix = self.start, ""
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if self.n % self.every == 0 or now - self.last_time >= self.seconds:
+            self.last_time = now
+            rate = (self.n - self.first) / max(now - self.start, 1e-9)
+            print(f"{self.desc}: update {self.n} of {self.total} ({self.n / self.total:.0%}), "
+                  f"{rate:.1f} updates/s{self.postfix}", file=self.stream, flush=True)
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = "".join(f", {k} {v}" for k, v in values.items())
+
+    def close(self) -> None:
+        """Nothing to clear: every line stays."""
 
 
 def guard_std_streams() -> None:

@@ -383,7 +383,15 @@ def evaluate_and_keep_best(state: TrainState, run_dir: Path, log: RunLog) -> dic
     return errs
 
 
-def after_update(state: TrainState, run_dir: Path, log: RunLog, bar: tqdm) -> dict[str, Any]:
+def progress_bar(cfg: TrainConfig, step: int, progress: bool, stream: Any) -> Any:
+    """A bar on a terminal; on anything else (a log file) a plain line now and then."""
+    if progress and not stream.isatty():
+        return terminal.LineProgress(cfg.steps, step, cfg.method, stream)
+    return tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True,
+                desc=cfg.method, unit="upd", file=stream)
+
+
+def after_update(state: TrainState, run_dir: Path, log: RunLog, bar: Any) -> dict[str, Any]:
     """Rank 0's periodic work after an update: the log line, diagnostics, evaluation and
     the checkpoint, each at its interval. Returns the log row, if one was written."""
     cfg, step, row = state.cfg, state.step, {}
@@ -431,8 +439,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
     deadline = state.started + cfg.time_limit * 60 if cfg.time_limit else math.inf
     stream = sys.stderr if isinstance(sys.stderr, terminal.GuardedStream) else \
         terminal.GuardedStream(sys.stderr, "stderr")  # a closed pipe stops the run, never kills it
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, dynamic_ncols=True,
-               desc=cfg.method, unit="upd", file=stream)
+    bar = progress_bar(cfg, state.step, progress, stream)
     try:
         with StopRequest() as stop:
             while state.step < cfg.steps:
