@@ -95,6 +95,22 @@ def test_a_run_folder_in_use_is_refused(tmp_path: Path) -> None:
         train(tiny(steps=2), tmp_path, progress=False)
 
 
+def test_a_folder_in_use_before_its_first_checkpoint_says_only_that(cli, tmp_path: Path
+                                                                     ) -> None:
+    """A second train into a folder whose training holds it but has no checkpoint yet:
+    one line, that it is in use and by which pid; with --resume too (no "afresh")."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: classification\nmethod: var\n")
+    with RunLock(run):
+        for extra in ([], ["--resume"]):
+            code, _, err = cli("train", "--run-dir", str(run), "--no-progress", *extra)
+            assert code == 2, err
+            assert err.strip() == (f"wsram: error: {run}: in use by another wsram process "
+                                   f"(pid {os.getpid()})"), err
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml"]
+
+
 def test_an_unwritable_run_folder_fails_at_start(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -244,6 +244,30 @@ def save_config(cfg: TrainConfig, run_dir: Path) -> None:
     RunDir(run_dir).write_config({"task": cfg.TASK, **cfg.to_dict()})
 
 
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the process holding ``run_dir``'s lock (0 if it did not say), or None
+    when nobody holds it. Only looks: creates nothing."""
+    path = RunDir(run_dir).lock
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else 0
+    finally:
+        os.close(fd)
+
+
+def in_use_message(run_dir: Path) -> str:
+    pid = lock_holder(run_dir)
+    return f"{run_dir}: in use by another wsram process" + (f" (pid {pid})" if pid else "")
+
+
 class RunLock:
     """An exclusive lock on a run folder, so two processes never train into one."""
 
@@ -258,7 +282,9 @@ class RunLock:
         except BlockingIOError:
             os.close(self.fd)
             self.fd = None
-            raise WsramError(f"{self.path.parent}: in use by another wsram process") from None
+            raise WsramError(in_use_message(self.path.parent)) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())  # who holds it, for the others' message
         return self
 
     def __exit__(self, *exc: Any) -> None:

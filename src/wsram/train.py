@@ -36,6 +36,8 @@ from .run_dir import (
     check_resume,
     clean_run_dir,
     entries_before_start,
+    in_use_message,
+    lock_holder,
     prepare_run_dir,
     remove_failed_start,
     save_config,
@@ -69,6 +71,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
             check = spec_for(cfg).check_inputs
             if check is not None:
                 check(cfg)
+            if lock_holder(run_dir) is not None:  # the first and only thing to say
+                raise WsramError(in_use_message(run_dir))
             run = RunDir(run_dir)
             afresh = resume and not run.last.is_file() and run.has_config()
             if afresh:  # it stopped before its first checkpoint: nothing to continue
