@@ -236,6 +236,11 @@ def _scales(res: dict[str, Any]) -> list[str]:
         + f" (error {_pct(a['final_train_error'])})")
 
 
+def _levels_head(what: str) -> str:
+    """The header cells of one column per training-error level: '{what} to 50%: B/A' ..."""
+    return " | ".join(f"{what} to {float(lv):.0%}: B/A" for lv in ERROR_LEVELS)
+
+
 def _differences(res: dict[str, Any]) -> list[str]:
     if not res["differences"]:
         return []
@@ -248,8 +253,7 @@ def _differences(res: dict[str, Any]) -> list[str]:
              "many did, and p of Fisher's exact test (two-sided) that both groups share "
              "one chance of reaching it.", "",
              "| A vs B | condition | final training error | test error (M) | "
-             + " | ".join(f"updates to {float(lv):.0%}: B/A" for lv in lvs) + " | "
-             + " | ".join(f"seconds to {float(lv):.0%}: B/A" for lv in lvs) + " |",
+             f"{_levels_head('updates')} | {_levels_head('seconds')} |",
              "|---|---|---|---|" + "---|" * (2 * len(lvs))]
     for d in res["differences"]:
         lines.append(f"| {_label(d['a'])} vs {_label(d['b'])} | "
@@ -282,7 +286,7 @@ def _paired(res: dict[str, Any]) -> list[str]:
              "updates to a level (over the seeds where both reached it). * the interval "
              "excludes no difference.", "",
              "| A vs B | condition | seeds | final training error | test error (M) | "
-             + " | ".join(f"updates to {float(lv):.0%}: B/A" for lv in lvs) + " |",
+             f"{_levels_head('updates')} |",
              "|---|---|---|---|---|" + "---|" * len(lvs)]
     for d in rows:
         p = d["paired"]
