@@ -96,17 +96,7 @@ MARGIN_MIN = 3.0  # minutes kept free at the end for the last evaluation and che
 
 def last_step(run: Path) -> int:
     """The last update a run logged (0 if none)."""
-    path = RunDir(run).metrics
-    if not path.is_file():
-        return 0
-    step = 0
-    with open(path) as f:
-        for line in f:
-            try:
-                step = max(step, int(json.loads(line).get("step", 0)))
-            except (ValueError, json.JSONDecodeError):
-                pass
-    return step
+    return max((int(r.get("step", 0)) for r in RunDir(run).read_metrics()), default=0)
 
 
 def saved_step(run: Path) -> int:

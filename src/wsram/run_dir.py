@@ -59,11 +59,11 @@ class RunDir:
 
     @property
     def last(self) -> Path:
-        return self.path / CHECKPOINTS["last"]
+        return self.checkpoint("last")
 
     @property
     def best(self) -> Path:
-        return self.path / CHECKPOINTS["best"]
+        return self.checkpoint("best")
 
     @property
     def lock(self) -> Path:
@@ -236,7 +236,7 @@ def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
 def saved_horizon(run_dir: Path) -> int:
     """The schedule horizon a run fixed at its start (its config.yaml's ``schedule_steps``;
     0 for a run from before schedules, whose rates were constant)."""
-    return int(load_yaml(run_dir / CONFIG).get("schedule_steps") or 0)
+    return int(RunDir(run_dir).read_config().get("schedule_steps") or 0)
 
 
 def save_config(cfg: TrainConfig, run_dir: Path) -> None:
