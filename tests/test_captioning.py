@@ -356,7 +356,7 @@ def test_caption_train_evaluate_show_plot(cli, tmp_path: Path, encoder_file: Pat
     assert len((run / "metrics.jsonl").read_text().splitlines()) == len(rows)
     # resuming to more updates continues from the checkpoint
     code, out, err = cli("caption", "train", "--run-dir", str(run), "--resume",
-                         "--steps", "20", "--no-progress")
+                         "--steps", "20", "--no-progress", "--json")
     assert code == 0, err
     assert json.loads(out.splitlines()[-1])["step"] == 20
 

@@ -64,7 +64,7 @@ def test_train_evaluate_show_end_to_end(tmp_path: Path) -> None:
 def test_every_method_trains(cli, tmp_path: Path, method: str) -> None:
     precision = "bf16" if method == "wsram+q" else "fp32"
     temperature = "1" if method == "vimco" else "1.5"
-    code, out, err = cli("train", "--run-dir", str(tmp_path), "--method", method,
+    code, out, err = cli("train", "--json", "--run-dir", str(tmp_path), "--method", method,
                          "--steps", "6", "--temperature", temperature, "--coverage", "0.1",
                          "--entropy", "0.01", "--precision", precision, *TINY)
     assert code == 0, err
@@ -193,3 +193,22 @@ def test_progress_into_a_log_file_is_plain_lines(cli, tmp_path: Path) -> None:
     lines = [x for x in err.splitlines() if ": update " in x]
     assert [x.split(" of ")[0].split()[-1] for x in lines] == [str(n) for n in range(2, 21, 2)]
     assert "\r" not in err and "updates/s" in lines[0] and "err " in lines[-1]
+
+
+def test_a_run_says_what_data_it_found_and_prints_json_only_when_asked(
+        cli, tmp_path: Path) -> None:
+    """The first line names the data and each split's size; too few validation images
+    are warned about; the summary counts the canvases it evaluated on; stdout stays empty
+    without --json."""
+    code, out, err = cli("train", "--run-dir", str(tmp_path / "r"), "--steps", "5", *TINY)
+    assert code == 0, err
+    assert out == ""
+    assert ("data: the bundled digits: 10 classes, 1 channel; 3600 training, 400 "
+            "validation, 1000 test digits") in err
+    assert "warning: only 20 validation digits" in err  # TINY's eval_size 20
+    assert "on 20 validation canvases (every 10th training digit" in err
+    code, out, err = cli("train", "--run-dir", str(tmp_path / "r2"), "--steps", "5",
+                         *TINY, "--eval-size", "500", "--json")
+    assert code == 0 and "warning" not in err
+    assert "on 400 validation canvases" in err  # all there are, not the 500 asked
+    assert json.loads(out)["step"] == 5

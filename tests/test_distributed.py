@@ -89,7 +89,7 @@ def test_caption_training_under_torchrun(tmp_path: Path) -> None:
     both train; only rank 0 writes the run folder and prints the result."""
     run = tmp_path / "cap"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "wsram", "caption", "train", "--run-dir", str(run), "--no-progress",
+           "-m", "wsram", "caption", "train", "--run-dir", str(run), "--no-progress", "--json",
            "--encoder-steps", "2", "--steps", "4", "--num-train", "40", "--num-val", "10",
            "--num-test", "10", "--hidden", "16", "--embed", "8", "--batch-size", "4",
            "--samples", "2", "--eval-size", "5", "--log-every", "2", "--eval-every", "0",

@@ -110,7 +110,8 @@ def finished(tmp_path_factory) -> tuple[Path, str, str]:
     with open(out, "w") as o, open(err, "w") as e, pytest.raises(SystemExit) as ex:
         sys.stdout, sys.stderr = o, e
         try:
-            main(["train", "--run-dir", str(run), "--steps", "20", *FLAGS, "--no-progress"])
+            main(["train", "--run-dir", str(run), "--steps", "20", *FLAGS, "--no-progress",
+                  "--json"])
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     assert ex.value.code == 0
@@ -121,13 +122,13 @@ def test_a_finished_run_ends_with_a_summary(finished) -> None:
     import json
 
     run, out, err = finished
-    row = json.loads(out.strip().splitlines()[-1])  # stdout: one JSON line, for scripts
-    assert row["stopped_by"] == "finished" and row["last_step"] == 20
+    row = json.loads(out.strip().splitlines()[-1])  # --json: one line on stdout, for scripts
+    assert row["stopped_by"] == "finished" and row["step"] == 20 and "last_step" not in row
     assert f"finished 20 updates; {run / 'last.pt'} holds update 20" in err
     best = row["best_step"]
     assert best in (15, 20) and f"best.pt holds update {best}" in err
     assert "the lowest eval/val_error_mc so far" in err
-    assert "evaluation at update 20, on up to 20 validation canvases" in err
+    assert "evaluation at update 20, on 20 validation canvases" in err
     assert f"val_error_mc               {row['eval/val_error_mc']:7.2%}" in err
     assert "names them test_error_*" in err  # not one name for two figures
     assert f"next: wsram evaluate {run}" in err and "files:" in err

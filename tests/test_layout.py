@@ -83,7 +83,7 @@ def test_a_run_folder_made_before_the_task_registry_is_migrated(
     code, out, _ = cli("migrate", str(run))
     assert code == 0 and "nothing to do" in out
     code, out, err = cli(*prefix, "train", "--run-dir", str(run), "--resume", "--steps", "6",
-                         "--no-progress")
+                         "--no-progress", "--json")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["step"] == 6
     code, out, err = cli(*prefix, "evaluate", str(run))

@@ -60,7 +60,7 @@ def test_rgb_folder_trains_evaluates_shows_and_predicts(tmp_path: Path, cli) -> 
     run = tmp_path / "run"
     code, out, err = cli("train", "--run-dir", str(run), "--source", "folder", "--data-dir",
                          str(root), "--channels", "3", "--num-classes", "2", "--fit", "resize",
-                         *TINY)
+                         "--json", *TINY)
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["step"] == 3
     code, out, err = cli("evaluate", str(run))

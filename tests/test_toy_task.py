@@ -124,7 +124,7 @@ def test_a_toy_task_trains_resumes_and_reports_through_the_cli(toy, cli, tmp_pat
     assert code == 0, err
     assert "toy error" in err and "wsram toy train --run-dir" in err
     code, out, err = cli("toy", "train", "--run-dir", run, "--resume", "--steps", "300",
-                         "--no-progress")
+                         "--no-progress", "--json")
     assert code == 0, err
     row = json.loads(out.strip().splitlines()[-1])
     assert row["step"] == 300 and row["eval/error"] < 0.25  # it learnt where to look

@@ -77,6 +77,9 @@ def add_train_parser(sub: Any, help: str, cls: type[TrainConfig]) -> None:
                    "afresh)")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--json", action="store_true",
+                   help="also print the run's last metrics as one JSON line on stdout (for "
+                   "scripts; the summary for people goes to stderr either way)")
     add_config_options(t, cls)
 
 
@@ -130,16 +133,17 @@ EXIT_STOPPED = 130
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``wsram train`` and ``wsram caption train``: rank 0 prints the last metrics line
-    (JSON, stdout) and a summary for people (stderr)."""
+    """``wsram train`` and ``wsram caption train``: rank 0 prints a summary for people
+    (stderr) and, with ``--json``, the last metrics as one line (stdout)."""
     cfg = config_from_args(args, args.config_class)
     row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.no_progress)
     code = 0 if row["stopped_by"] in ("finished", "time limit") else EXIT_STOPPED
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return code
-    if "step" in row:
-        print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
+    if "step" in row:  # at least one update was logged
+        if args.json:
+            print(json.dumps(json_row(row)))
     elif code == 0 and cfg.steps == 0 and not args.resume:
         print(f"{args.run_dir}: prepared; no updates asked for (--steps 0)")
         return code
@@ -152,6 +156,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     print(end_of_run(row, cfg, args.run_dir, registry.spec_for(cfg)), file=sys.stderr)
     return code
+
+
+def json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``--json``'s line: ``step`` is the update the run stopped at (what last.pt holds);
+    the training figures are those of the last logged window, ``train_logged_at``."""
+    out = {"step": row["last_step"], "train_logged_at": row["step"]}
+    out.update((k, round(v, 5) if isinstance(v, float) else v) for k, v in row.items()
+               if k not in ("step", "last_step"))
+    return out
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:

@@ -12,7 +12,7 @@ from ..atomic import atomic_write_json
 from ..registry import load_run
 from ..run_dir import RunDir
 from .config import ClassificationConfig
-from .data.splits import test_set
+from .data.splits import eval_split, load_split, noun, test_set
 from .model import AttentionModel
 
 EVAL_SEED = 20151207  # evaluation draws its own random stream, apart from training's
@@ -119,9 +119,9 @@ def summary_lines(row: dict[str, Any], cfg: ClassificationConfig, command: str) 
     """The end-of-run lines on the last evaluation during training."""
     evals = {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
     at = row.get("eval_step", row["last_step"])
-    where = (f"up to {cfg.eval_size} validation canvases (every {cfg.holdout_every}th "
-             "training digit, held out)" if cfg.holdout_every else
-             f"the first {cfg.eval_size} test canvases")
+    n = min(cfg.eval_size, len(load_split(cfg, eval_split(cfg))))
+    where = (f"{n} validation canvases (every {cfg.holdout_every}th training {noun(cfg)}, "
+             "held out)" if cfg.holdout_every else f"the first {n} test canvases")
     lines = [f"  evaluation at update {at}, on {where}:"]
     for k, v in evals.items():
         what = _KINDS.get(k.rsplit("_", 1)[-1], "").format(m=cfg.eval_samples)

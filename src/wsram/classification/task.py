@@ -5,6 +5,7 @@ whole-canvas CNN."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..rollout import Rollout
 from .cnn import CNN, ConvClassifier
 from .config import ClassificationConfig
 from .data import CanvasGenerator, DigitSet
-from .data.splits import canvas_spec, eval_split, load_split, test_set
+from .data.splits import canvas_spec, describe_data, eval_split, load_split, test_set
 from .evaluate import test_errors
 from .model import AttentionModel
 
@@ -101,7 +102,10 @@ class ClassificationTask:
         return self._train_digits
 
     def prepare(self, run_dir: Path, device: torch.device, main: bool, resume: bool) -> None:
-        self.train_digits  # noqa: B018 - read the digits now: a bad --data-dir fails early
+        """Read the digits now (a bad --data-dir fails early) and say what was found."""
+        self.train_digits  # noqa: B018
+        if main:
+            print("\n".join(describe_data(self.cfg)), file=sys.stderr)
 
     def restore(self, run_dir: Path, path: Path, state: dict[str, Any]) -> None:
         """Nothing beyond the weights: the config alone builds the model."""

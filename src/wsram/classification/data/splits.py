@@ -75,6 +75,41 @@ def check_inputs(cfg: ClassificationConfig) -> None:
         load_split(cfg, "train")
 
 
+#: below this many validation images, choosing best.pt on them is mostly noise
+FEW_VALIDATION = 100
+
+
+def noun(cfg: ClassificationConfig) -> str:
+    """What one example is called: a digit of MNIST, an image of the user's own data."""
+    return "digit" if cfg.source == "mnist" else "image"
+
+
+def split_sizes(cfg: ClassificationConfig) -> dict[str, int]:
+    """How many examples each split holds (``val`` 0 without a held-out split)."""
+    sizes = {"train": len(load_split(cfg, "train")), "test": len(load_split(cfg, "test"))}
+    sizes["val"] = len(load_split(cfg, "val")) if cfg.holdout_every else 0
+    return sizes
+
+
+def describe_data(cfg: ClassificationConfig) -> list[str]:
+    """The line a run starts with: what was found (where, classes, the size of each
+    split), and a warning when the validation split is too small to choose best.pt on."""
+    n, classes = split_sizes(cfg), load_split(cfg, "train").classes
+    where = {"mnist": f"MNIST IDX files in {cfg.data_dir}" if cfg.data_dir else
+             "the bundled digits", "folder": f"image folder {cfg.data_dir}",
+             "npz": f"{cfg.data_dir}"}[cfg.source]
+    named = f" ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})" if classes \
+        else ""
+    lines = [f"wsram: data: {where}: {cfg.num_classes} classes{named}, {cfg.channels} "
+             f"channel{'s' if cfg.channels > 1 else ''}; {n['train']} training, {n['val']} "
+             f"validation, {n['test']} test {noun(cfg)}s"]
+    if cfg.holdout_every and min(n["val"], cfg.eval_size) < FEW_VALIDATION:
+        lines.append(f"wsram: warning: only {min(n['val'], cfg.eval_size)} validation "
+                     f"{noun(cfg)}s: best.pt chosen on so few is mostly noise (more data, a "
+                     "smaller --holdout-every or a larger --eval-size)")
+    return lines
+
+
 def canvas_spec(cfg: ClassificationConfig) -> CanvasSpec:
     return CanvasSpec(cfg.canvas_size, cfg.digit_min, cfg.digit_max, cfg.distractors,
                       cfg.distractor_size)
