@@ -212,3 +212,21 @@ def test_a_run_says_what_data_it_found_and_prints_json_only_when_asked(
     assert code == 0 and "warning" not in err
     assert "on 400 validation canvases" in err  # all there are, not the 500 asked
     assert json.loads(out)["step"] == 5
+
+
+def test_a_cnn_is_described_as_a_cnn(cli, tmp_path: Path) -> None:
+    """No trajectories, policies, glimpses or ESS for the baseline that takes none."""
+    from PIL import Image
+
+    run, png = tmp_path / "cnn", tmp_path / "a.png"
+    Image.new("L", (32, 32), 128).save(png)
+    code, _, err = cli("train", "--run-dir", str(run), "--method", "cnn", "--steps", "10",
+                       *TINY)
+    assert code == 0, err
+    code, out, err = cli("evaluate", str(run))
+    assert code == 0 and "test_error   " in out and "(the CNN: one pass" in out, out + err
+    code, out, err = cli("predict", str(run), str(png), "--out", str(tmp_path / "p"))
+    assert code == 0 and "  CNN: " in out and "figure: " in out, out + err
+    for said in (out, err):
+        assert "trajector" not in said and "deterministic" not in said and "glimpses:" not in said
+    assert json.loads((run / "eval.json").read_text())["attends"] is False

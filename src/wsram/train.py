@@ -395,6 +395,15 @@ def progress_bar(cfg: TrainConfig, step: int, progress: bool, stream: Any) -> An
                 desc=cfg.method, unit="upd", file=stream)
 
 
+def progress_figures(row: dict[str, Any], method: Any) -> dict[str, str]:
+    """What the progress bar shows: the training error, and the effective sample size
+    where the method samples glimpses (a CNN's K copies of one pass would show ESS = K)."""
+    out = {"err": f"{row['train/error']:.3f}"}
+    if getattr(method, "attends", True):
+        out["ess"] = f"{row['train/ess']:.2f}"
+    return out
+
+
 def after_update(state: TrainState, run_dir: Path, log: RunLog, bar: Any) -> dict[str, Any]:
     """Rank 0's periodic work after an update: the log line, diagnostics, evaluation and
     the checkpoint, each at its interval. Returns the log row, if one was written."""
@@ -402,7 +411,7 @@ def after_update(state: TrainState, run_dir: Path, log: RunLog, bar: Any) -> dic
     if step % cfg.log_every == 0 or step == cfg.steps:
         row = state.close_window()
         log.write(row)
-        bar.set_postfix(err=f"{row['train/error']:.3f}", ess=f"{row['train/ess']:.2f}")
+        bar.set_postfix(**progress_figures(row, state.engine.method))
     if cfg.diag_every and step % cfg.diag_every == 0:
         diag = state.task.diagnose(state.model, state.engine.method, step)
         if diag:

@@ -95,6 +95,11 @@ class ClassificationConfig(TrainConfig):
         need(self.eval_samples >= 1, f"eval_samples: must be >= 1, got {self.eval_samples}")
         return self
 
+    @property
+    def attends(self) -> bool:
+        """Whether the method trains the attention model (the CNN takes no glimpses)."""
+        return self.method not in self.OWN_METHODS
+
     def input_paths(self) -> list[str]:
         return [self.data_dir] if self.data_dir else []
 

@@ -73,6 +73,7 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
         "test_images": len(x),
         "step": int(state["step"]),
         "checkpoint": RunDir(run_dir).checkpoint(which).name,
+        "attends": cfg.attends,
     }
     if which == "best":
         # best.pt was picked by the periodic evaluations: on the validation set, or, for
@@ -94,19 +95,30 @@ def write_result(result: dict, path: Path) -> None:
 
 def format_result(run_dir: str | Path, res: dict) -> str:
     """``wsram evaluate``'s report of :func:`evaluate_run`'s result."""
-    lines = [f"{run_dir} ({res['checkpoint']}, update {res['step']}, "
-             f"{res['test_images']} test images)",
-             f"  test_error_sampled        {res['test_error_sampled']:7.2%}  (one sampled "
-             "trajectory)",
-             f"  test_error_mc             {res['test_error_mc']:7.2%}  (mean of "
-             f"{res['samples']} trajectories)",
-             f"  test_error_deterministic  {res['test_error_deterministic']:7.2%}  "
-             "(deterministic policy)"]
+    head = (f"{run_dir} ({res['checkpoint']}, update {res['step']}, "
+            f"{res['test_images']} test images)")
+    if res.get("attends") is False:  # the three ways are one for a CNN
+        lines = [head, f"  test_error                {res['test_error_mc']:7.2%}  ({CNN_WAY})"]
+    else:
+        lines = [head, *_three_ways(res)]
     if "selected_on" in res:
         optimistic = ", so these errors are optimistic" if "test" in res["selected_on"] else ""
         lines.append(f"  note: {res['checkpoint']} was selected on {res['selected_on']}"
                      f"{optimistic}")
     return "\n".join(lines)
+
+
+#: how the CNN baseline classifies: no policy, no trajectories
+CNN_WAY = "the CNN: one pass over the whole canvas"
+
+
+def _three_ways(res: dict) -> list[str]:
+    return [f"  test_error_sampled        {res['test_error_sampled']:7.2%}  (one sampled "
+             "trajectory)",
+             f"  test_error_mc             {res['test_error_mc']:7.2%}  (mean of "
+             f"{res['samples']} trajectories)",
+             f"  test_error_deterministic  {res['test_error_deterministic']:7.2%}  "
+             "(deterministic policy)"]
 
 
 #: what each figure is (``val_error_mc`` during training is the same measurement as
@@ -123,9 +135,15 @@ def summary_lines(row: dict[str, Any], cfg: ClassificationConfig, command: str) 
     where = (f"{n} validation canvases (every {cfg.holdout_every}th training {noun(cfg)}, "
              "held out)" if cfg.holdout_every else f"the first {n} test canvases")
     lines = [f"  evaluation at update {at}, on {where}:"]
+    if not cfg.attends:  # the CNN: one figure, not three ways of one policy
+        err = f"{eval_split(cfg)}_error"
+        evals = {err: evals[f"{err}_mc"],
+                 **{k: v for k, v in evals.items() if not k.startswith(f"{err}_")}}
     for k, v in evals.items():
-        what = _KINDS.get(k.rsplit("_", 1)[-1], "").format(m=cfg.eval_samples)
+        what = CNN_WAY if not cfg.attends and k.endswith("_error") else \
+            _KINDS.get(k.rsplit("_", 1)[-1], "").format(m=cfg.eval_samples)
         lines.append(f"    {k:<26} {v:7.2%}  ({what})" if what else f"    {k:<26} {v:.4g}")
-    lines.append(f"    ({command} evaluate measures the same three on the whole test set "
-                 "and names them test_error_*)")
+    what = "the same three on the whole test set and names them test_error_*" if cfg.attends \
+        else "the same on the whole test set and names it test_error"
+    lines.append(f"    ({command} evaluate measures {what})")
     return lines

@@ -37,13 +37,14 @@ class Prediction:
     samples: int
     png: Path | None = None
     locations: list[list[float]] = field(default_factory=list)  # deterministic, in [-1, 1]
+    attends: bool = True  # False for the CNN: no glimpses, one pass (top_mc is its output)
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "predicted": self.predicted,
                 "top_mc": [[n, p] for n, p in self.top_mc],
                 "top_deterministic": [[n, p] for n, p in self.top_deterministic],
                 "samples": self.samples, "png": str(self.png) if self.png else None,
-                "locations": self.locations}
+                "locations": self.locations, "attends": self.attends}
 
 
 def read_canvases(paths: list[str | Path], cfg: Any) -> Tensor:
@@ -103,7 +104,8 @@ def predict(run: Any, images: Tensor | list[str | Path], top_k: int = 3,
     for i, name in enumerate(names):
         top_mc = _top(mc[i], top_k, classes)
         out.append(Prediction(name, top_mc[0][0], top_mc, _top(det_probs[i], top_k, classes),
-                              m, locations=det.locs[i, 0].tolist()))
+                              m if cfg.attends else 1, locations=det.locs[i, 0].tolist(),
+                              attends=cfg.attends))
     if out_dir is not None:
         _draw(model, cfg, x, det, out, Path(out_dir), classes)
     return out
@@ -141,10 +143,13 @@ def format_predictions(preds: list[Prediction]) -> str:
     lines = []
     for p in preds:
         lines.append(f"{p.source}: {p.predicted}")
-        lines.append(f"  mean of {p.samples} trajectories: "
-                     + "  ".join(f"{c} {v:.1%}" for c, v in p.top_mc))
-        lines.append("  deterministic policy: "
-                     + "  ".join(f"{c} {v:.1%}" for c, v in p.top_deterministic))
+        if p.attends:
+            lines.append(f"  mean of {p.samples} trajectories: "
+                         + "  ".join(f"{c} {v:.1%}" for c, v in p.top_mc))
+            lines.append("  deterministic policy: "
+                         + "  ".join(f"{c} {v:.1%}" for c, v in p.top_deterministic))
+        else:  # the CNN: one pass, one set of probabilities
+            lines.append("  CNN: " + "  ".join(f"{c} {v:.1%}" for c, v in p.top_mc))
         if p.png:
-            lines.append(f"  glimpses: {p.png}")
+            lines.append(f"  {'glimpses' if p.attends else 'figure'}: {p.png}")
     return "\n".join(lines)
