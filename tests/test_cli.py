@@ -230,3 +230,39 @@ def test_a_cnn_is_described_as_a_cnn(cli, tmp_path: Path) -> None:
     for said in (out, err):
         assert "trajector" not in said and "deterministic" not in said and "glimpses:" not in said
     assert json.loads((run / "eval.json").read_text())["attends"] is False
+
+
+def test_one_flag_name_per_meaning_and_help_that_says_what_it_takes(cli, tmp_path: Path,
+                                                                   capsys) -> None:
+    """M (trajectories averaged) is --eval-samples wherever it is read (--samples, K in
+    train, still accepted by evaluate); word-valued keys show their words; every command
+    names its run folder RUN and says what --checkpoint picks; captioning offers no key
+    it refuses; a mistake points to the help of the command typed."""
+    from wsram.cli import build_parser
+
+    run = tmp_path / "r"
+    assert cli("train", "--run-dir", str(run), "--steps", "4", *TINY)[0] == 0
+    for flag in ("--eval-samples", "--samples"):
+        code, out, err = cli("evaluate", str(run), flag, "3", "--out", str(tmp_path / "e.json"))
+        assert code == 0 and "mean of 3 trajectories" in out, err
+
+    def help_of(*words: str) -> str:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*words, "-h"])
+        return " ".join(capsys.readouterr().out.split())  # as one line, however wrapped
+
+    train = help_of("train")
+    assert "--source mnist|folder|npz" in train and "--fit pad|resize" in train
+    assert "(M in the paper)" in train
+    for words in (("evaluate",), ("show",), ("predict",), ("cost",), ("caption", "evaluate"),
+                  ("caption", "show"), ("caption", "plot")):
+        text = help_of(*words)
+        assert "RUN" in text and "run_dir" not in text, words
+        assert "BEAM_SIZE" not in text and " SIZE" not in text and " NUM" not in text, words
+        if "--checkpoint" in text:
+            assert "which checkpoint: last.pt" in text, words
+    assert "--coverage" not in help_of("caption", "train")
+    for words, prog in ((("train", "--nonsense"), "wsram train"),
+                        (("caption", "show", str(run), "--x"), "wsram caption show")):
+        code, _, err = cli(*words)
+        assert code == 2 and err.strip().endswith(f"(see {prog} -h)"), err

@@ -19,15 +19,30 @@ from . import __version__, registry
 from .config import TrainConfig, field_help, load_yaml, make_config
 from .errors import WsramError
 from .migrate import migrate_run
-from .run_dir import RunDir
+from .run_dir import CHECKPOINTS, RunDir
 from .summary import end_of_run
 from .terminal import guard_std_streams, unguard_std_streams
 from .train import train
 
 
 class Parser(argparse.ArgumentParser):
+    """One line and exit 2 for a mistake, pointing to the help of the (sub)command that
+    was typed: ``wsram train --nonsense`` says ``(see wsram train -h)``."""
+
     def error(self, message: str) -> None:  # one line, exit 2, instead of usage + error
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extra = super().parse_known_args(args, namespace)
+        if not hasattr(ns, "_parser"):  # the innermost subcommand parses first
+            ns._parser = self
+        return ns, extra
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            ns._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns
 
 
 def _metavar(name: str, hint: Any, words: dict[str, str]) -> str:
@@ -51,17 +66,45 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def add_config_options(p: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
+def add_config_options(p: argparse.ArgumentParser, cls: type[TrainConfig],
+                       skip: tuple[str, ...] = ()) -> None:
+    """Each config key as a flag, but those the task does not take (``cls.HIDDEN_KEYS``)
+    and those of ``skip`` (a command sets them itself)."""
     g = p.add_argument_group("configuration (any key of the config file)")
     notes = field_help(cls)
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
+        if f.name in cls.HIDDEN_KEYS or f.name in skip:
+            continue
         note = notes.get(f.name, "").replace("%", "%%")
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg.{f.name}",
                        metavar=_metavar(f.name, hints[f.name], cls.WORDS),
                        default=argparse.SUPPRESS,
                        nargs="+" if typing.get_origin(hints[f.name]) is list else None,
                        help=f"{note} (default: {_shown(getattr(cls(), f.name))})".lstrip())
+
+
+def add_run_argument(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """The run folder(s) a command reads, named RUN in every command."""
+    if many:
+        p.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folders")
+    else:
+        p.add_argument("run_dir", metavar="RUN",
+                       help="a run folder (what `train --run-dir` made)")
+
+
+def add_checkpoint_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                   help=f"which checkpoint: {CHECKPOINTS['last']} (the latest update) or "
+                   f"{CHECKPOINTS['best']} (the best validation figure) (default: last)")
+
+
+def add_samples_option(p: argparse.ArgumentParser) -> None:
+    """M, the trajectories averaged per image: ``--eval-samples`` as the config key that
+    sets it during training (``--samples``, K in ``train``, still accepted here)."""
+    p.add_argument("--eval-samples", type=int, metavar="N", dest="samples",
+                   help="trajectories averaged per image (default: the run's eval_samples)")
+    p.add_argument("--samples", type=int, dest="samples", help=argparse.SUPPRESS)
 
 
 def add_train_parser(sub: Any, help: str, cls: type[TrainConfig]) -> None:

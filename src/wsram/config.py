@@ -28,7 +28,7 @@ class TrainConfig:
 
     # --- method ---
     method: str = "wsram+q+c"  # var, var+c, wsram, wsram+c, wsram+q, wsram+q+c, vimco
-    samples: int = 5  # K, trajectories per image in each update (the paper's M)
+    samples: int = 5  # K, trajectories per image in each update (M in the paper)
     steps: int = 3000  # updates to train for (a resumed run trains up to this many)
     time_limit: float = 0.0  # minutes of training after which to checkpoint and stop; 0 = none
     # --- optimisation ---
@@ -62,6 +62,8 @@ class TrainConfig:
 
     #: the task's name in the registry (``wsram.registry``), written to every config.yaml
     TASK: typing.ClassVar[str] = ""
+    #: keys of this class a task does not take (not offered as flags; refused if set)
+    HIDDEN_KEYS: typing.ClassVar[tuple[str, ...]] = ()
     #: methods of the task's own beside the estimators of ``METHODS`` (e.g. a baseline)
     OWN_METHODS: typing.ClassVar[tuple[str, ...]] = ()
     #: what the value of a key is, for ``--help``, where it takes one of a few words

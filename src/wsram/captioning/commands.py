@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..cli import add_train_parser, positive
+from ..cli import add_checkpoint_option, add_run_argument, add_train_parser, positive
 from ..errors import WsramError
 from ..run_dir import EVALS, METRICS, RunDir
 from .config import CaptionConfig
@@ -20,27 +20,33 @@ def add_commands(csub: Any) -> None:
     ce = csub.add_parser("evaluate", help="BLEU-1..4 and CIDEr of greedy and beam-search "
                          f"captions (writes RUN/{EVALS['last']} and RUN/{CAPTIONS})")
     ce.set_defaults(func=cmd_caption_evaluate)
-    ce.add_argument("run_dir")
-    ce.add_argument("--checkpoint", choices=["last", "best"], default="last")
-    ce.add_argument("--split", choices=["val", "test"], default="test")
-    ce.add_argument("--beam-size", type=int, help="beam width (default: the run's beam_size)")
-    ce.add_argument("--size", type=int, help="first N images of the split (default: all)")
+    add_run_argument(ce)
+    add_checkpoint_option(ce)
+    ce.add_argument("--split", choices=["val", "test"], default="test",
+                    help="which images (default: test)")
+    ce.add_argument("--beam-size", type=int, metavar="N",
+                    help="beam width (default: the run's beam_size)")
+    ce.add_argument("--size", type=int, metavar="N",
+                    help="first N images of the split (default: all)")
     cs = csub.add_parser("show", help="a PNG per image: the caption and each word's glimpse")
     cs.set_defaults(func=cmd_caption_show)
-    cs.add_argument("run_dir")
-    cs.add_argument("--out", help="folder for the PNGs (default RUN/show)")
-    cs.add_argument("--num", type=int, default=8, help="images to draw")
-    cs.add_argument("--split", choices=["val", "test"], default="test")
-    cs.add_argument("--beam-size", type=int, default=1, help="beam width (default 1: greedy)")
-    cs.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    add_run_argument(cs)
+    cs.add_argument("--out", metavar="DIR", help="folder for the PNGs (default RUN/show)")
+    cs.add_argument("--num", type=int, default=8, metavar="N", help="images to draw (default 8)")
+    cs.add_argument("--split", choices=["val", "test"], default="test",
+                    help="which images (default: test)")
+    cs.add_argument("--beam-size", type=int, default=1, metavar="N",
+                    help="beam width (default 1: greedy)")
+    add_checkpoint_option(cs)
     cp = csub.add_parser("plot", help="a metric of several runs against updates (e.g. the "
                          "training NLL of VAR and WS-RAM, paper Figure 6)")
     cp.set_defaults(func=cmd_caption_plot)
-    cp.add_argument("run_dirs", nargs="+", metavar="RUN")
-    cp.add_argument("--out", required=True, help="PNG path")
-    cp.add_argument("--key", default="train/nll", help=f"{METRICS} key (default train/nll)")
-    cp.add_argument("--max-step", type=int, help="plot updates up to this one")
-    cp.add_argument("--title", help="figure title")
+    add_run_argument(cp, many=True)
+    cp.add_argument("--out", required=True, metavar="FILE.png", help="PNG path")
+    cp.add_argument("--key", default="train/nll", metavar="KEY",
+                    help=f"{METRICS} key (default train/nll)")
+    cp.add_argument("--max-step", type=int, metavar="N", help="plot updates up to this one")
+    cp.add_argument("--title", metavar="TEXT", help="figure title")
     cp.add_argument("--log-y", action="store_true", help="logarithmic y axis")
 
 

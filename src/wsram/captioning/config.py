@@ -49,6 +49,7 @@ class CaptionConfig(TrainConfig):
     WORDS: typing.ClassVar[dict[str, str]] = {
         **TrainConfig.WORDS, "dataset": "scenes|karpathy", "q_word": "current|preceding",
         "encoder": "digits|resnet18|resnet34|resnet50"}
+    HIDDEN_KEYS: typing.ClassVar[tuple[str, ...]] = ("coverage",)  # no canvas to cover
     MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "hidden", "embed", "neighbourhood", "encoder", "q_word",
     )

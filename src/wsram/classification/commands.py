@@ -9,9 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import writable_output
-from ..cli import add_train_parser, positive
+from ..cli import (
+    add_checkpoint_option,
+    add_run_argument,
+    add_samples_option,
+    add_train_parser,
+    positive,
+)
 from ..errors import WsramError
-from ..run_dir import CHECKPOINTS, EVALS, RunDir
+from ..run_dir import EVALS, RunDir
 from .config import ClassificationConfig
 from .cost import cost_command
 from .evaluate import evaluate_run, format_result, write_result
@@ -23,24 +29,22 @@ def add_commands(sub: Any) -> None:
     add_train_parser(sub, "train a model into a run folder", ClassificationConfig)
     e = sub.add_parser("evaluate", help=f"test errors of a run (writes RUN/{EVALS['last']})")
     e.set_defaults(func=cmd_evaluate)
-    e.add_argument("run_dir")
-    e.add_argument("--checkpoint", choices=["last", "best"], default="last",
-                   help=f"which checkpoint: {CHECKPOINTS['last']} (the latest update) or "
-                   f"{CHECKPOINTS['best']} (the best validation error) (default: last)")
-    e.add_argument("--samples", type=int, metavar="M",
-                   help="M, trajectories averaged (default: the run's)")
+    add_run_argument(e)
+    add_checkpoint_option(e)
+    add_samples_option(e)
     e.add_argument("--test-size", type=int, metavar="N",
                    help="test canvases (default: the run's test set)")
     e.add_argument("--out", metavar="FILE.json",
                    help=f"write the results here instead of RUN/{EVALS['last']}")
     s = sub.add_parser("show", help="PNG of test canvases with the glimpses drawn on them")
     s.set_defaults(func=cmd_show)
-    s.add_argument("run_dir")
+    add_run_argument(s)
     s.add_argument("--out", metavar="FILE.png", help="PNG path (default RUN/glimpses.png)")
-    s.add_argument("--num", type=int, default=12, metavar="N", help="canvases to draw")
+    s.add_argument("--num", type=int, default=12, metavar="N",
+                   help="test canvases to draw (default 12)")
     s.add_argument("--sampled", action="store_true",
                    help="draw one sampled trajectory instead of the deterministic policy")
-    s.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    add_checkpoint_option(s)
     _add_predict_parser(sub)
     _add_cost_parser(sub)
 
@@ -49,27 +53,28 @@ def _add_predict_parser(sub: Any) -> None:
     pr = sub.add_parser("predict", help="class of each image file, top-k probabilities, and "
                         "a PNG of the glimpses (RUN/predictions/ unless --out)")
     pr.set_defaults(func=cmd_predict)
-    pr.add_argument("run_dir", metavar="RUN")
-    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    add_run_argument(pr)
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     pr.add_argument("--top-k", type=int, default=3, metavar="K",
                     help="classes listed per image (default 3)")
-    pr.add_argument("--samples", type=int, metavar="M",
-                    help="M, trajectories averaged (default: the run's)")
+    add_samples_option(pr)
     pr.add_argument("--out", metavar="DIR", help="folder for the PNGs (default RUN/predictions)")
-    pr.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    add_checkpoint_option(pr)
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def _add_cost_parser(sub: Any) -> None:
     k = sub.add_parser("cost", help="error, MACs, pixels read and images/s of runs, side by side")
     k.set_defaults(func=cmd_cost)
-    k.add_argument("run_dirs", nargs="+", metavar="RUN")
-    k.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    add_run_argument(k, many=True)
+    add_checkpoint_option(k)
     k.add_argument("--out", metavar="FILE.md", help="also write the table as markdown")
     k.add_argument("--json", action="store_true", help="print JSON instead of the table")
     k.add_argument("--device", default="cpu", help="device for the timing (default cpu)")
-    k.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = default")
-    k.add_argument("--seconds", type=float, default=2.0, help="timing per run (default 2)")
+    k.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch CPU threads; 0 = default")
+    k.add_argument("--seconds", type=float, default=2.0, metavar="S",
+                   help="timing per run (default 2)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -39,7 +39,7 @@ class ClassificationConfig(TrainConfig):
     context_size: int = 12  # side of the low-resolution copy read by the context network
     loc_std: float = 0.2  # standard deviation of the location Gaussian, in [-1, 1] units
     num_classes: int = 10  # classes the model predicts (labels 0 .. N-1)
-    eval_samples: int = 10  # M, trajectories averaged by the Monte-Carlo test error
+    eval_samples: int = 10  # trajectories averaged per image by the Monte-Carlo error
 
     TASK: typing.ClassVar[str] = "classification"
     OWN_METHODS: typing.ClassVar[tuple[str, ...]] = ("cnn",)  # the whole-canvas CNN baseline
@@ -51,6 +51,8 @@ class ClassificationConfig(TrainConfig):
     )
 
     SOURCES: typing.ClassVar[tuple[str, ...]] = ("mnist", "folder", "npz")
+    WORDS: typing.ClassVar[dict[str, str]] = {
+        **TrainConfig.WORDS, "source": "|".join(SOURCES), "fit": "pad|resize"}
 
     def validate(self) -> ClassificationConfig:
         super().validate()

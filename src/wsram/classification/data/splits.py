@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ...digits import DigitSet, holdout, load_digits
 from ...errors import DataError
+from ...run_dir import CHECKPOINTS
 from .canvas import CanvasSpec, make_test_set
 from .own import data_signature, load_folder, load_npz
 
@@ -105,7 +106,7 @@ def describe_data(cfg: ClassificationConfig) -> list[str]:
              f"validation, {n['test']} test {noun(cfg)}s"]
     if cfg.holdout_every and min(n["val"], cfg.eval_size) < FEW_VALIDATION:
         lines.append(f"wsram: warning: only {min(n['val'], cfg.eval_size)} validation "
-                     f"{noun(cfg)}s: best.pt chosen on so few is mostly noise (more data, a "
+                     f"{noun(cfg)}s: {CHECKPOINTS['best']} chosen on so few is mostly noise (more data, a "
                      "smaller --holdout-every or a larger --eval-size)")
     return lines
 
