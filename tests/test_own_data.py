@@ -187,7 +187,7 @@ def test_bad_image_folder_is_one_line_naming_the_file(tmp_path: Path, cli, case:
 
 BAD_ARRAYS = {
     "mismatched lengths": (dict(y=np.zeros(23, np.int64)), "x has 24 images but y has 23"),
-    "labels out of range": (dict(y=np.arange(24) % 4), "found 3 at index 3"),
+    "labels out of range": (dict(y=np.arange(24) % 4), "labels go up to 3 but --num-classes is 3"),
     "NaN pixels": (dict(x=np.full((24, 3, 12, 12), np.nan, np.float32)), "NaN"),
     "floats of no stated scale": (dict(x=np.full((24, 3, 12, 12), 1.5, np.float32)),
                                   "in [0, 1] or whole numbers 0..255"),
@@ -290,3 +290,37 @@ def test_one_folder_is_split_a_fifth_per_class_for_test(tmp_path: Path) -> None:
     assert train.images.shape == (8, 1, 8, 8)  # grey: RGB files converted
     again = load_folder(tmp_path, "test", channels=1, side=8, fit="pad", num_classes=2)
     assert torch.equal(again.images, test.images)
+
+
+def test_classes_and_channels_come_from_the_data(tmp_path: Path, cli) -> None:
+    """An RGB folder trains as RGB with its two classes without being told; a grey folder
+    as grey; a value given that disagrees, a folder without --source folder and a file
+    given as the folder are one line each saying what was found and what to give."""
+    import yaml
+
+    rgb = rgb_folder(tmp_path / "pets")
+    code, _, err = cli("train", "--run-dir", str(tmp_path / "r"), "--source", "folder",
+                       "--data-dir", str(rgb), *TINY)
+    assert code == 0, err
+    assert "2 classes (cat, dog), 3 channels; " in err
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (saved["channels"], saved["num_classes"]) == (3, 2)
+    grey = tmp_path / "grey"
+    for name in ("a", "b", "c"):
+        for i in range(4):
+            write_png(grey / name / f"{i}.png", (12, 12), (90 + 40 * i,) * 3)
+    code, _, err = cli("train", "--run-dir", str(tmp_path / "g"), "--source", "folder",
+                       "--data-dir", str(grey), *TINY)
+    assert code == 0 and "3 classes (a, b, c), 1 channel; " in err, err
+    for args, message in (
+            (["--source", "folder", "--data-dir", str(rgb), "--channels", "1"],
+             "holds 3 channels (some images have colour) but --channels is 1"),
+            (["--source", "folder", "--data-dir", str(grey), "--num-classes", "2"],
+             "holds 3 classes but --num-classes is 2"),
+            (["--data-dir", str(rgb)], "(for an image folder of your own, give --source folder)"),
+            (["--source", "folder", "--data-dir", str(arrays(tmp_path / "a.npz"))],
+             "a file, not an image folder"),
+            (["--source", "npz", "--data-dir", str(rgb)], "a folder, not a .npz file")):
+        code, _, err = cli("train", "--run-dir", str(tmp_path / "x"), *args, *TINY)
+        assert code == 2 and message in err and err.count("\n") == 1, (args, err)
+        assert not (tmp_path / "x").exists()

@@ -197,6 +197,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{args.run_dir}: {where}; nothing to train (raise --steps to continue)")
         return code
     sys.stdout.flush()
+    if RunDir(args.run_dir).has_config():  # as saved: with what the data filled in
+        spec, raw = registry.read_run_config(args.run_dir)
+        cfg = make_config(raw, spec.config_class)
     print(end_of_run(row, cfg, args.run_dir, registry.spec_for(cfg)), file=sys.stderr)
     return code
 

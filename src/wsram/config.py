@@ -62,6 +62,8 @@ class TrainConfig:
 
     #: the task's name in the registry (``wsram.registry``), written to every config.yaml
     TASK: typing.ClassVar[str] = ""
+    #: keys the training data determine when left None (filled in by ``check_inputs``)
+    DATA_KEYS: typing.ClassVar[tuple[str, ...]] = ()
     #: keys of this class a task does not take (not offered as flags; refused if set)
     HIDDEN_KEYS: typing.ClassVar[tuple[str, ...]] = ()
     #: methods of the task's own beside the estimators of ``METHODS`` (e.g. a baseline)

@@ -187,6 +187,8 @@ def load_idx_digits(data_dir: str | Path, split: str) -> DigitSet:
     """
     split = _split_name(split)
     folder = Path(data_dir)
+    if folder.is_file():
+        raise DataError(f"{folder}: a file, not a folder of MNIST IDX files")
     if not folder.is_dir():
         raise DataError(f"{folder}: data folder not found")
     found: dict[str, Path] = {}

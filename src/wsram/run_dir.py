@@ -227,7 +227,8 @@ def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
                          f"{type(cfg).__name__} ({e})") from None
     diff = [f"{k} {saved[k]!r} -> {v!r}" for k, v in cfg.to_dict().items()
             if saved.get(k) != v and k not in cfg.RESUMABLE_KEYS
-            and not (k == "schedule_steps" and v == 0)]  # 0 asks for the saved horizon
+            and not (k == "schedule_steps" and v == 0)  # 0 asks for the saved horizon
+            and not (k in cfg.DATA_KEYS and v is None)]  # None: what the data said
     if diff:
         raise WsramError(f"{run_dir}: cannot resume with a different config ({'; '.join(diff)}"
                          "); train into a new folder instead")

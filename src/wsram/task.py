@@ -84,10 +84,11 @@ class TaskSpec:
     add_commands: AddCommands
     summary_lines: SummaryLines
     help: str = ""  # the help line of its command group, for a task under a prefix
-    #: ``check_inputs(cfg)``: read the training data far enough to refuse bad input before
-    #: the run folder is touched (``--overwrite`` must not delete a run for a new one that
-    #: cannot start); None: nothing to check early
-    check_inputs: Callable[[Any], None] | None = None
+    #: ``check_inputs(cfg) -> cfg``: read the training data far enough to refuse bad input
+    #: before the run folder is touched (``--overwrite`` must not delete a run for a new one
+    #: that cannot start), and return the config with what the data determine filled in
+    #: (e.g. an image folder's classes); None: nothing to check early
+    check_inputs: Callable[[Any], Any] | None = None
     #: files its runs hold beyond the core's (``--overwrite`` replaces them too)
     run_files: tuple[str, ...] = ()
     #: ``wsram migrate``: a raw config written before config files named their task ->

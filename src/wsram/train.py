@@ -59,6 +59,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
     run_dir = Path(run_dir)
     ddp = distributed.from_env(cfg.device)
     try:
+        check = spec_for(cfg).check_inputs
+        if check is not None:  # on every rank, before the folder is touched: the data
+            cfg = check(cfg)   # fill in what they determine (an image folder's classes)
         if not ddp.is_main:
             with out_of_memory_is_one_line(cfg, run_dir):
                 row = run_training(cfg, run_dir, resume, False, ddp)
@@ -68,9 +71,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
         locked = False  # until this process holds the folder's lock, its files are not ours
         try:
             old = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
-            check = spec_for(cfg).check_inputs
-            if check is not None:
-                check(cfg)
             if lock_holder(run_dir) is not None:  # the first and only thing to say
                 raise WsramError(in_use_message(run_dir))
             run = RunDir(run_dir)

@@ -22,7 +22,7 @@ class ClassificationConfig(TrainConfig):
     # --- data ---
     source: str = "mnist"  # mnist (bundled or IDX files), folder (image folder), npz (arrays)
     data_dir: str | None = None  # IDX folder (None: 5,000 bundled digits), image folder, or .npz
-    channels: int = 1  # image channels: 1 grey, 3 RGB; own images are converted to it
+    channels: int | None = None  # 1 grey, 3 RGB; None: from the data (3 if any image has colour)
     fit: str = "pad"  # own images to a digit_max square: pad (keep aspect) or resize (stretch)
     canvas_size: int = 100  # side of the square canvas, pixels
     digit_min: float = 24.0  # smallest digit side on the canvas, pixels
@@ -38,7 +38,7 @@ class ClassificationConfig(TrainConfig):
     hidden: int = 256  # width of every hidden layer
     context_size: int = 12  # side of the low-resolution copy read by the context network
     loc_std: float = 0.2  # standard deviation of the location Gaussian, in [-1, 1] units
-    num_classes: int = 10  # classes the model predicts (labels 0 .. N-1)
+    num_classes: int | None = None  # classes the model predicts; None: from the data
     eval_samples: int = 10  # trajectories averaged per image by the Monte-Carlo error
 
     TASK: typing.ClassVar[str] = "classification"
@@ -51,19 +51,24 @@ class ClassificationConfig(TrainConfig):
     )
 
     SOURCES: typing.ClassVar[tuple[str, ...]] = ("mnist", "folder", "npz")
+    DATA_KEYS: typing.ClassVar[tuple[str, ...]] = ("channels", "num_classes")
     WORDS: typing.ClassVar[dict[str, str]] = {
         **TrainConfig.WORDS, "source": "|".join(SOURCES), "fit": "pad|resize"}
 
     def validate(self) -> ClassificationConfig:
         super().validate()
+        if self.source == "mnist":  # what MNIST implies; own data fill them from the files
+            self.channels = 1 if self.channels is None else self.channels
+            self.num_classes = 10 if self.num_classes is None else self.num_classes
         need(self.source in self.SOURCES,
              f"source: expected one of {', '.join(self.SOURCES)}, got {self.source!r}")
         need(self.source == "mnist" or self.data_dir is not None,
              f"data_dir: source {self.source} reads data_dir; give --data-dir PATH")
-        need(self.channels >= 1, f"channels: must be >= 1, got {self.channels}")
+        need(self.channels is None or self.channels >= 1,
+             f"channels: must be >= 1, got {self.channels}")
         need(self.source != "mnist" or self.channels == 1,
              f"channels: MNIST digits have 1 channel, got {self.channels}")
-        need(self.source != "folder" or self.channels in (1, 3),
+        need(self.source != "folder" or self.channels in (None, 1, 3),
              f"channels: image files are read as grey (1) or RGB (3), got {self.channels}")
         need(self.fit in ("pad", "resize"), f"fit: expected pad or resize, got {self.fit!r}")
         need(self.distractors >= 0, f"distractors: must be >= 0, got {self.distractors}")
@@ -93,7 +98,8 @@ class ClassificationConfig(TrainConfig):
         need(1 <= self.context_size <= self.canvas_size,
              f"context_size: must be in 1..canvas_size, got {self.context_size}")
         need(self.loc_std > 0, f"loc_std: must be > 0, got {self.loc_std}")
-        need(self.num_classes >= 2, f"num_classes: must be >= 2, got {self.num_classes}")
+        need(self.num_classes is None or self.num_classes >= 2,
+             f"num_classes: must be >= 2, got {self.num_classes}")
         need(self.eval_samples >= 1, f"eval_samples: must be >= 1, got {self.eval_samples}")
         return self
 

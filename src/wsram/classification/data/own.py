@@ -123,6 +123,10 @@ def _read_class_folders(root: Path, classes: list[str], channels: int, side: int
 def folder_classes(root: str | Path) -> list[str]:
     """The class names of an image folder (its training class folders), sorted."""
     root = Path(root)
+    if root.is_file():
+        hint = "; for arrays give --source npz" if root.suffix == ".npz" else ""
+        raise DataError(f"{root}: a file, not an image folder (expected <class>/*.png "
+                        f"folders inside it){hint}")
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found")
     base = root / "train" if (root / "train").is_dir() else root
@@ -132,6 +136,48 @@ def folder_classes(root: str | Path) -> list[str]:
                         f"({root}/train/<class>/*.png and {root}/test/<class>/*.png, "
                         f"or {root}/<class>/*.png)")
     return classes
+
+
+def _has_colour(path: Path) -> bool:
+    """Whether an image file holds colour: a colour mode with channels that differ."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("1", "L", "LA", "I", "I;16", "F"):
+                return False
+            arr = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot be read as an image ({err})") from err
+    return bool((arr[..., 0] != arr[..., 1]).any() or (arr[..., 1] != arr[..., 2]).any())
+
+
+def folder_shape(root: str | Path) -> dict[str, int]:
+    """What an image folder says of itself: its classes (the training class folders) and
+    its channels (3 if any image, of either split, has colour; else 1)."""
+    root = Path(root)
+    classes = folder_classes(root)
+    files = [f for d in root.rglob("*") if d.is_dir() for f in _image_files(d)]
+    return {"num_classes": len(classes),
+            "channels": 3 if any(_has_colour(f) for f in files) else 1}
+
+
+def npz_shape(path: str | Path) -> dict[str, int]:
+    """What arrays in a ``.npz`` say of themselves: channels (x's second axis, 1 for
+    N x H x W) and classes (the names given, else the largest label + 1, which a
+    ``num_classes`` given may exceed: ``min_classes``)."""
+    data = _read_npz(Path(path))
+    if "x" not in data or "y" not in data:
+        raise DataError(f"{Path(path).name}: needs arrays 'x' and 'y'; found "
+                        f"{', '.join(sorted(data)) or 'none'}")
+    x = data["x"]
+    labels = [data[k] for k in ("y", "y_test") if k in data and data[k].size]
+    top = max(int(y.max()) for y in labels if np.issubdtype(y.dtype, np.integer)) \
+        if all(np.issubdtype(y.dtype, np.integer) for y in labels) else 1
+    out = {"channels": int(x.shape[1]) if x.ndim == 4 else 1}
+    if "classes" in data:
+        out["num_classes"] = len(data["classes"])
+    else:
+        out["min_classes"] = max(top + 1, 2)
+    return out
 
 
 def load_folder(root: str | Path, split: str, channels: int, side: int, fit: str,
@@ -212,17 +258,24 @@ def _arrays(data: dict[str, np.ndarray], xk: str, yk: str, name: str, channels: 
     return _to_uint8(x, name, xk), y.astype(np.int64)
 
 
-def load_npz(path: str | Path, split: str, channels: int, side: int, fit: str,
-             num_classes: int) -> DigitSet:
-    """The ``train`` or ``test`` split of arrays in a ``.npz`` file (module docstring)."""
-    path = Path(path)
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a .npz file; for an image folder give "
+                        "--source folder")
     if not path.is_file():
         raise DataError(f"{path}: no such .npz file")
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: cannot be read as a .npz file ({err})") from err
+
+
+def load_npz(path: str | Path, split: str, channels: int, side: int, fit: str,
+             num_classes: int) -> DigitSet:
+    """The ``train`` or ``test`` split of arrays in a ``.npz`` file (module docstring)."""
+    path = Path(path)
+    data = _read_npz(path)
     classes = None
     if "classes" in data:
         names = data["classes"]

@@ -5,15 +5,17 @@ fixed canvases of the held-out splits."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from ...config import replace
 from ...digits import DigitSet, holdout, load_digits
 from ...errors import DataError
 from ...run_dir import CHECKPOINTS
 from .canvas import CanvasSpec, make_test_set
-from .own import data_signature, load_folder, load_npz
+from .own import data_signature, folder_shape, load_folder, load_npz, npz_shape
 
 if TYPE_CHECKING:  # the config imports this module to check its inputs
     from ..config import ClassificationConfig
@@ -41,7 +43,10 @@ def load_split(cfg: ClassificationConfig, split: str) -> DigitSet:
     """The images of ``split`` (train, val, test) from ``cfg.source``: every
     ``holdout_every``-th training image is the validation split, whatever the source."""
     if cfg.source == "mnist":
-        return load_digits(split, cfg.data_dir, cfg.holdout_every)
+        try:
+            return load_digits(split, cfg.data_dir, cfg.holdout_every)
+        except DataError as e:
+            raise DataError(f"{e}{_source_hint(cfg.data_dir)}") from None
     if split == "test" or not cfg.holdout_every:
         return _load_own(cfg, split)
     train, val = holdout(_load_own(cfg, "train"), cfg.holdout_every)
@@ -50,6 +55,16 @@ def load_split(cfg: ClassificationConfig, split: str) -> DigitSet:
                         f"{'validation' if len(val) == 0 else 'training'} images at "
                         f"holdout_every {cfg.holdout_every}")
     return val if split == "val" else train
+
+
+def _source_hint(data_dir: str | None) -> str:
+    """A hint when MNIST files were expected where own data are (the default source)."""
+    path = Path(data_dir) if data_dir else None
+    if path is not None and path.is_file() and path.suffix == ".npz":
+        return " (for a .npz of your own, give --source npz)"
+    if path is not None and path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+        return " (for an image folder of your own, give --source folder)"
+    return ""
 
 
 def test_set(cfg: ClassificationConfig, size: int | None = None, split: str = "test",
@@ -69,11 +84,30 @@ def eval_split(cfg: ClassificationConfig) -> str:
     return "val" if cfg.holdout_every else "test"
 
 
-def check_inputs(cfg: ClassificationConfig) -> None:
-    """Own data (an image folder, a .npz) are read, and kept for the task, before the run
-    folder is touched; MNIST sources are checked when the task reads them."""
-    if cfg.source != "mnist":
-        load_split(cfg, "train")
+def check_inputs(cfg: ClassificationConfig) -> ClassificationConfig:
+    """The config with what own data say of themselves filled in (channels, classes; a
+    value given that disagrees is refused), its data read and kept for the task, all
+    before the run folder is touched; MNIST sources are checked when the task reads them."""
+    if cfg.source == "mnist":
+        return cfg
+    found = (folder_shape if cfg.source == "folder" else npz_shape)(cfg.data_dir)
+    least = found.pop("min_classes", None)  # labels that need not use every class
+    if least is not None:
+        if cfg.num_classes is not None and cfg.num_classes < least:
+            raise DataError(f"{cfg.data_dir}: labels go up to {least - 1} but --num-classes "
+                            f"is {cfg.num_classes}; give at least {least}, or leave it out")
+        found["num_classes"] = cfg.num_classes or least
+    for key, value in found.items():
+        given = getattr(cfg, key)
+        if given is not None and given != value:
+            what = {"channels": f"{value} channel{'s' if value > 1 else ''} ("
+                    f"{'some images have colour' if value == 3 else 'no image has colour'})",
+                    "num_classes": f"{value} classes"}.get(key, str(value))
+            raise DataError(f"{cfg.data_dir}: holds {what} but --{key.replace('_', '-')} "
+                            f"is {given}; leave it out to take it from the data")
+    cfg = replace(cfg, **found)
+    load_split(cfg, "train")
+    return cfg
 
 
 #: below this many validation images, choosing best.pt on them is mostly noise
@@ -106,8 +140,8 @@ def describe_data(cfg: ClassificationConfig) -> list[str]:
              f"validation, {n['test']} test {noun(cfg)}s"]
     if cfg.holdout_every and min(n["val"], cfg.eval_size) < FEW_VALIDATION:
         lines.append(f"wsram: warning: only {min(n['val'], cfg.eval_size)} validation "
-                     f"{noun(cfg)}s: {CHECKPOINTS['best']} chosen on so few is mostly noise (more data, a "
-                     "smaller --holdout-every or a larger --eval-size)")
+                     f"{noun(cfg)}s: {CHECKPOINTS['best']} chosen on so few is mostly "
+                     "noise (more data, a smaller --holdout-every or a larger --eval-size)")
     return lines
 
 
