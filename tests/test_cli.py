@@ -266,3 +266,46 @@ def test_one_flag_name_per_meaning_and_help_that_says_what_it_takes(cli, tmp_pat
                         (("caption", "show", str(run), "--x"), "wsram caption show")):
         code, _, err = cli(*words)
         assert code == 2 and err.strip().endswith(f"(see {prog} -h)"), err
+
+
+def test_no_training_into_a_folder_of_the_users_or_a_file(cli, tmp_path: Path) -> None:
+    """A folder of the user's own files, a file, a study's folder are refused in one line
+    (--overwrite included) and left as they were; a run folder carries the marker that
+    says so, and one made before markers existed still resumes."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    (tmp_path / "notes.txt").write_text("mine")
+    for args, message in (([str(mine)], "holds files that are not a wsram run (thesis.tex)"),
+                          ([str(mine), "--overwrite"], "holds files that are not a wsram run"),
+                          ([str(tmp_path / "notes.txt")], "a file, not a folder")):
+        code, _, err = cli("train", "--run-dir", *args, "--steps", "2", *TINY)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert os.listdir(mine) == ["thesis.tex"] and (tmp_path / "notes.txt").read_text() == "mine"
+    run = tmp_path / "run"
+    assert cli("train", "--run-dir", str(run), "--steps", "2", *TINY)[0] == 0
+    assert (run / ".wsram").read_text().startswith("run\n")
+    (run / ".wsram").unlink()  # as a run from before markers
+    code, _, err = cli("train", "--run-dir", str(run), "--resume", "--steps", "4", *TINY)
+    assert code == 0, err
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / ".wsram").write_text("study\n")
+    code, _, err = cli("train", "--run-dir", str(study), "--steps", "2", *TINY)
+    assert code == 2 and "the folder of a study" in err, err
+
+
+def test_a_config_file_of_another_task_is_named_as_such(cli, tmp_path: Path) -> None:
+    """By its task: key (every shipped config has one) or, without one, by its keys."""
+    root = Path(__file__).resolve().parent.parent / "configs"
+    code, _, err = cli("caption", "train", "--config", str(root / "cluttered60.yaml"),
+                       "--run-dir", str(tmp_path / "c"))
+    assert code == 2 and "cluttered60.yaml: a classification config, not a caption one; use " \
+        "it with wsram train" in err, err
+    untagged = tmp_path / "beam.yaml"
+    untagged.write_text("beam_size: 4\n")
+    code, _, err = cli("train", "--config", str(untagged), "--run-dir", str(tmp_path / "c"))
+    assert code == 2 and "a caption config, not a classification one" in err, err
+    assert not (tmp_path / "c").exists()
+    for f in root.glob("*.yaml"):
+        assert "\ntask: " in f.read_text(), f

@@ -51,7 +51,7 @@ def test_new_runs_record_their_task(cli, tmp_path: Path) -> None:
     other = tmp_path / "other.yaml"
     other.write_text("task: captioning\n")
     code, _, err = cli("train", "--run-dir", str(tmp_path / "r2"), "--config", str(other))
-    assert code == 2 and "for the 'captioning' task" in err
+    assert code == 2 and "other.yaml: a caption config, not a classification one" in err
 
 
 @pytest.mark.slow

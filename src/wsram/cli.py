@@ -159,9 +159,26 @@ def config_from_args(args: argparse.Namespace, cls: type[TrainConfig]) -> Any:
         base.update(registry.read_run_config(args.run_dir, cls.TASK,
                                              "resume it with {command} train")[1])
     if args.config:
-        base.update(load_yaml(args.config))
+        base.update(read_config_file(args.config, cls))
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg.")}
     return make_config(base, cls, **overrides)
+
+
+def read_config_file(path: str, cls: type[TrainConfig]) -> dict[str, Any]:
+    """A ``--config`` file's keys, refusing one written for another task: by its ``task:``
+    key or, without one, by keys that only the other task's config has."""
+    raw = load_yaml(path)
+    task = raw.get("task")
+    unknown = set(raw) - {f.name for f in fields(cls)} - {"task"}
+    if task is None and unknown:
+        task = next((name for name, spec in registry.tasks().items() if unknown <= {
+            f.name for f in fields(spec.config_class)}), None)
+    if task is not None and task != cls.TASK:
+        other, this = registry.tasks().get(task), registry.tasks()[cls.TASK]
+        use = f"; use it with {other.command} train" if other else ""
+        raise WsramError(f"{path}: a {other.noun if other else task} config, not a "
+                         f"{this.noun} one{use}")
+    return raw
 
 
 def positive(name: str, value: int | None) -> None:

@@ -21,6 +21,9 @@ from .config import TrainConfig, load_yaml, make_config
 from .errors import WsramError
 
 CONFIG, METRICS, LOCK, TB = "config.yaml", "metrics.jsonl", ".lock", "tb"
+#: the marker of a folder wsram made (a run, or the parent folder of a study's runs): its
+#: first line says which, so that no command trains into a folder of the user's own files
+MARKER = ".wsram"
 CHECKPOINTS = {"last": "last.pt", "best": "best.pt"}
 EVALS = {"last": "eval.json", "best": "eval_best.json"}
 #: what a run that stopped before its first checkpoint had as best.pt, kept on a restart
@@ -107,10 +110,47 @@ class RunDir:
             if self.path.is_dir() else []
 
 
+def marker_kind(folder: Path) -> str | None:
+    """What a folder's marker says it is (``run``, ``study``), None without one."""
+    try:
+        return (folder / MARKER).read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def mark(folder: Path, kind: str) -> None:
+    """Mark a folder wsram made as a ``run`` or a ``study`` (kept if already there)."""
+    if marker_kind(folder) is None:
+        atomic_write_text(folder / MARKER, f"{kind}\nmade by wsram; see its README\n")
+
+
+def refuse_foreign(folder: Path, kind: str, option: str) -> None:
+    """Refuse, in one line, a folder that is a file, or one holding files of the user's
+    (no marker, none of a wsram ``kind``'s files), before anything is written into it."""
+    if folder.exists() and not folder.is_dir():
+        raise WsramError(f"{folder}: a file, not a folder; give {option} a new or empty folder")
+    if not folder.is_dir():
+        return
+    names = sorted(n for n in os.listdir(folder) if n not in (MARKER, LOCK, ".write-test"))
+    known = set(RUN_FILES) if kind == "run" else set(RUN_FILES) | {"results.json"}
+    ours = marker_kind(folder) is not None or any(n in known for n in names)
+    if kind == "study":  # a study from before markers: its runs' folders hold configs
+        ours = ours or any(RunDir(folder / n).has_config() for n in names)
+    if names and not ours:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise WsramError(f"{folder}: holds files that are not a wsram {kind} ({shown}); give "
+                         f"{option} a new or empty folder")
+    if kind == "run" and marker_kind(folder) == "study":
+        raise WsramError(f"{folder}: the folder of a study (wsram compare), not a run; give "
+                         f"{option} a folder of its own")
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
                     inputs: list[str] | None = None) -> None:
     """Create the run folder, refusing to clobber a previous run (or, with ``overwrite``,
-    to delete a file this run reads: ``inputs``); fail early if unwritable."""
+    to delete a file this run reads: ``inputs``) or to write among the user's own files;
+    fail early if unwritable; mark it as a run."""
+    refuse_foreign(run_dir, "run", "--run-dir")
     existing = [f for f in RUN_FILES if (run_dir / f).exists()] if run_dir.is_dir() else []
     if overwrite and not resume:
         doomed = [(run_dir / f).resolve() for f in existing]
@@ -135,6 +175,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
         probe = run_dir / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
+        mark(run_dir, "run")
     except OSError as e:
         raise WsramError(f"{run_dir}: cannot write to the run folder ({e.strerror})") from None
 
@@ -175,7 +216,7 @@ def entries_before_start(run_dir: Path) -> set[str] | Path:
 
 
 #: what a start that failed before its first checkpoint may have written
-START_FILES = {LOCK, ".write-test", CONFIG, METRICS, TB}
+START_FILES = {LOCK, ".write-test", MARKER, CONFIG, METRICS, TB}
 
 
 def remove_failed_start(run_dir: Path, before: set[str] | Path, locked: bool = True) -> None:
@@ -186,8 +227,9 @@ def remove_failed_start(run_dir: Path, before: set[str] | Path, locked: bool = T
     another process may be writing there) removes only empty folders it made."""
     if not run_dir.is_dir() or (run_dir / CHECKPOINTS["last"]).exists():
         return
-    if not locked:
-        ours: set[str] = set()
+    if not locked:  # of what it wrote, only the marker is surely its own
+        ours: set[str] = {MARKER} & (set(os.listdir(run_dir)) - (
+            before if isinstance(before, set) else set()))
     else:
         ours = set(os.listdir(run_dir)) - (before if isinstance(before, set) else set())
     if not ours <= START_FILES | {p.name for p in run_dir.glob(".*.tmp")}:

@@ -18,6 +18,7 @@ from wsram.cli import add_config_options, config_from_args, positive
 from wsram.config import load_yaml
 from wsram.errors import WsramError
 from wsram.methods import METHODS
+from wsram.run_dir import mark, refuse_foreign
 from wsram.study.executor import evaluate_if_stale, train_runs
 from wsram.study.plan import EXPLORE, Plan, check_study, default_plan
 from wsram.study.report import write_results
@@ -33,7 +34,9 @@ def compare(base: ClassificationConfig, out_dir: str | Path, plan: Plan, jobs: i
             progress: bool = True) -> dict[str, Any]:
     """Train the study's runs into ``out_dir`` (resumable), evaluate them, write results."""
     out_dir = Path(out_dir)
+    refuse_foreign(out_dir, "study", "--out")
     out_dir.mkdir(parents=True, exist_ok=True)
+    mark(out_dir, "study")
     check_study(base, out_dir)
     train_runs(base, out_dir, plan.grid_runs(), jobs, progress, "grid")
     rates = {m: c["lr"] for m, c in choose_rates(discover_runs(out_dir)).items()}
@@ -100,8 +103,6 @@ def _check_compare_args(args: argparse.Namespace) -> None:
         raise WsramError("compare: give --out DIR (or --plot-only DIR)")
     if args.max_step is not None:
         raise WsramError("--max-step goes with --plot-only DIR (it redraws, trains nothing)")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise WsramError(f"{args.out}: exists and is not a folder")
     positive("jobs", args.jobs)
     for m in [*(args.methods or []), *args.at_chosen_rate]:
         if m not in METHODS or not METHODS[m].attends:
