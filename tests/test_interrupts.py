@@ -351,3 +351,15 @@ def test_stopping_a_parallel_compare_stops_its_trainings(tmp_path: Path) -> None
         assert torch.load(r / "last.pt", weights_only=True)["step"] == _step(r)
         with RunLock(r):  # free: no training outlived compare
             pass
+
+
+def test_six_glimpse_labels_on_one_spot_of_a_small_canvas_stay_apart() -> None:
+    """mnist28: one scale, six glimpses close together near the bottom: every label gets
+    a spot of its own inside the canvas."""
+    spots = cls_plots.label_spots([(5 + i * 0.3, 24) for i in range(6)], 28, chars=1)
+    line, width = 0.07 * 28, 0.025 * 28 * 1.6
+    for i in range(6):
+        assert 0 <= spots[i][1] <= 28 - line
+        for j in range(i):
+            assert abs(spots[i][0] - spots[j][0]) >= width - 1e-9 or \
+                abs(spots[i][1] - spots[j][1]) >= line - 1e-9

@@ -56,6 +56,7 @@ def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: i
                      wrap=True)
         ax.text(0.5, -0.04, reference_text(references[i]), transform=ax.transAxes,
                 ha="center", va="top", fontsize=7, wrap=True)
+        clipped_any = False
         for t, word in enumerate(words):
             ax = fig.add_subplot(grid[1 + t // cols, t % cols])
             _imshow(ax, img)
@@ -64,12 +65,16 @@ def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: i
             cx, cy = (locs[t, 0].item() + 1) / 2 * W, (locs[t, 1].item() + 1) / 2 * H
             ax.add_patch(plt.Rectangle((cx - side / 2 - 0.5, cy - side / 2 - 0.5), side, side,
                                        fill=False, edgecolor="#e41a1c", linewidth=1.5))
-            clipped = "\n(box clipped at the border)" if is_clipped(cx, cy, side, W, H) else ""
-            ax.set_title(f"{word}\n{layer_name(s, grids[s])}{clipped}", fontsize=8)
+            clipped = is_clipped(cx, cy, side, W, H)
+            clipped_any |= clipped
+            ax.set_title(f"{word}\n{layer_name(s, grids[s])}{' *' if clipped else ''}",
+                         fontsize=8)
             ax.set_xlim(-0.5, W - 0.5)
             ax.set_ylim(H - 0.5, -0.5)
         fig.suptitle(f"{cfg.method}, update {state['step']}, {split} image {i}: each word "
-                     "with the region it attended (box: the layer's n x n cells)", fontsize=8)
+                     "with the region it attended (box: the layer's n x n cells)"
+                     + ("; * box clipped at the image border" if clipped_any else ""),
+                     fontsize=8)
         path = out_dir / f"{split}-{i:04d}.png"
         atomic_write_bytes(path, lambda f, fig=fig: fig.savefig(f, dpi=100, format="png"))
         plt.close(fig)

@@ -33,16 +33,20 @@ def draw_glimpse_boxes(ax, boxes: Tensor, scales: list[float], scale_idx: Tensor
                        canvas_size: int) -> None:
     """Each glimpse's box, numbered in order, with its scale: boxes (N, 4), scale_idx (N,)."""
     H = canvas_size
-    spots = label_spots([(min(max(b[0], 0), H - 12 * H / 100), min(max(b[1] + 1, 0), H))
-                         for b in boxes.tolist()], H)
+    labels = [str(n + 1) if len(scales) == 1 else f"{n + 1}:{scales[int(scale_idx[n])]:.2g}"
+              for n in range(boxes.shape[0])]  # one scale: the order alone
+    chars = max(len(t) for t in labels)
+    spots = label_spots([(min(max(b[0], 0), H - 0.025 * H * chars), min(max(b[1] + 1, 0), H))
+                         for b in boxes.tolist()], H, chars)
     for n in range(boxes.shape[0]):
         x0, y0, x1, y1 = boxes[n].tolist()
         c = GLIMPSE_COLOURS[n % len(GLIMPSE_COLOURS)]
         ax.add_patch(pyplot().Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                    edgecolor=c, linewidth=1.5, clip_on=True))
         tx, ty = spots[n]
-        ax.text(tx, ty, f"{n + 1}:{scales[int(scale_idx[n])]:.2g}", color=c, fontsize=7,
-                va="top", fontweight="bold", clip_on=True)
+        ax.text(tx, ty, labels[n], color=c, fontsize=7, va="top", fontweight="bold",
+                clip_on=True, bbox={"facecolor": "black", "alpha": 0.55, "pad": 0.6,
+                                    "edgecolor": "none"})  # legible on any colour
     ax.set_xlim(-0.5, H - 0.5)
     ax.set_ylim(H - 0.5, -0.5)
 
@@ -83,8 +87,10 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
         ax.set_title(f"label {class_label(int(y[i]), classes)}, predicted "
                      f"{class_label(int(pred[i]), classes)} ({ok})", fontsize=8)
     policy = "deterministic policy" if deterministic else "one sampled trajectory"
-    fig.suptitle(f"{cfg.method}, update {state['step']}: glimpses ({policy}); "
-                 "box label = order:scale", fontsize=9)
+    legend = "box label = order" + (":scale" if len(cfg.scales) > 1 else
+                                    f" (one scale, {cfg.scales[0]:.2g})")
+    fig.suptitle(f"{cfg.method}, update {state['step']}: glimpses ({policy}); {legend}",
+                 fontsize=9)
     out = Path(out) if out is not None else RunDir(run_dir) / GLIMPSES
 
     def write(f):
@@ -95,20 +101,24 @@ def show_glimpses(run_dir: str | Path, out: str | Path | None = None, num: int =
     return out
 
 
-def label_spots(anchors: list[tuple[float, float]], size: float) -> list[tuple[float, float]]:
-    """Where to write each glimpse's label on a canvas of side ``size``: at its box's
-    corner, moved down a line (up, at the bottom) while it would cover an earlier label,
-    so that glimpses on one spot stay readable."""
-    line, width = 0.07 * size, 0.14 * size  # a 7-point label, in canvas pixels
+def label_spots(anchors: list[tuple[float, float]], size: float, chars: int = 6,
+                ) -> list[tuple[float, float]]:
+    """Where to write each glimpse's label (``chars`` characters at 7 points) on a canvas of
+    side ``size``: at its box's corner or, while that would cover an earlier label, the
+    nearest free line below it, then above it, then in the next column, so that glimpses
+    on one spot stay readable."""
+    line, width = 0.07 * size, 0.025 * size * (chars + 0.6)  # canvas pixels
     placed: list[tuple[float, float]] = []
+
+    def free(x: float, y: float) -> bool:
+        return all(abs(x - px) >= width or abs(y - py) >= line for px, py in placed)
+
     for x, y in anchors:
-        y = min(y, size - line)
-        step = line
-        for _ in range(len(anchors) + 1):
-            if all(abs(x - px) >= width or abs(y - py) >= line for px, py in placed):
-                break
-            if y + step > size - line:
-                step = -line
-            y += step
-        placed.append((x, y))
+        y = min(max(y, 0.0), size - line)
+        n = len(anchors) + 1
+        lines = [y + k * line for k in range(n) if y + k * line <= size - line] + \
+            [y - k * line for k in range(1, n) if y - k * line >= 0]
+        columns = [x, x + width if x + 2 * width <= size else x - width]
+        spot = next(((cx, cy) for cx in columns for cy in lines if free(cx, cy)), (x, y))
+        placed.append(spot)
     return placed

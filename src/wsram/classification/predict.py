@@ -131,7 +131,8 @@ def _draw(model: Any, cfg: Any, x: Tensor, det: Any, preds: list[Prediction], ou
             draw_glimpse_boxes(ax, boxes, cfg.scales, det.scales[i, 0], cfg.canvas_size)
         ax.axis("off")
         tops = ", ".join(f"{c} {v:.0%}" for c, v in p.top_mc)
-        ax.set_title(f"{Path(p.source).name}\npredicted {p.predicted} ({tops})", fontsize=7)
+        where = "/".join(Path(p.source).parts[-2:])  # two 001.png of two folders differ
+        ax.set_title(f"{where}\npredicted {p.predicted} ({tops})", fontsize=7)
         path = out_dir / name
         atomic_write_bytes(path, lambda f, fig=fig: fig.savefig(f, dpi=110, format="png"))
         plt.close(fig)
