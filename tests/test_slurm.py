@@ -81,11 +81,15 @@ def test_submitit_is_an_extra_that_make_test_installs() -> None:
 
 
 def fake_srun(tmp_path: Path, monkeypatch) -> None:
-    """An ``srun`` on the PATH, for submitit's Slurm executor to exist (nothing runs it)."""
+    """An ``srun`` on the PATH, for submitit's Slurm executor to exist (nothing runs it),
+    and an ``sbatch`` that refuses every job as Slurm refuses an unknown partition."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "srun").chmod(0o755)
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission "
+                                    "failed: Invalid partition name specified' >&2\nexit 1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
@@ -111,6 +115,44 @@ def test_the_flags_become_sbatch_options(tmp_path: Path, monkeypatch) -> None:
     ex = slurm.make_executor(SlurmOptions("cpu"), job_folder(run_dir), "var+c/lr0.001-seed0")
     sbatch = ex._executor._make_submission_file_text("python -m x", "uid")
     assert "--time=60" in sbatch and "--mem" not in sbatch and "--cpus-per-task" not in sbatch
+
+
+def test_a_refused_submission_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("submitit")
+    fake_srun(tmp_path, monkeypatch)
+    run_dir = tmp_path / "cmp" / "var+c" / "lr0.001-seed0"
+    with pytest.raises(slurm.WsramError) as e:
+        slurm.submit(SlurmOptions("nope"), "var+c/lr0.001-seed0", make_config(FAST), run_dir)
+    assert str(e.value) == ("var+c/lr0.001-seed0: the job was not submitted: sbatch: error: "
+                            "Batch job submission failed: Invalid partition name specified")
+    assert not (job_folder(run_dir) / JOB_FILE).exists()
+
+
+def test_a_failed_job_is_named_by_its_error_and_a_killed_one_by_its_state() -> None:
+    submitit = pytest.importorskip("submitit")
+    errors = submitit.core.utils
+
+    class Ended:
+        state = "CANCELLED"
+
+        def __init__(self, error: Exception | None):
+            self.error = error
+
+        def result(self) -> dict:
+            if self.error is not None:
+                raise self.error
+            return {}
+
+    trace = ("Traceback (most recent call last):\n  File ...\nwsram.errors.WsramError: "
+             "runs/x: in use by another wsram process\n")
+    failed = errors.FailedJobError(f"Job (task=0) failed during processing with trace:\n"
+                                   f"{'-' * 22}\n{trace}\n{'-' * 22}\nYou can check full logs "
+                                   "with 'job.stderr(0)' or at paths:\n  - a.err\n  - a.out")
+    assert slurm.job_error(Ended(failed)) == ("wsram.errors.WsramError: runs/x: in use by "
+                                              "another wsram process")
+    killed = errors.UncompletedJobError("Job 7 has not produced any output")
+    assert slurm.job_error(Ended(killed)) == "ended without a result (state CANCELLED)"
+    assert slurm.job_error(Ended(None)) is None
 
 
 class FakeJob:

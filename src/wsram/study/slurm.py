@@ -173,7 +173,11 @@ def submit(opts: SlurmOptions, name: str, cfg: ClassificationConfig, run_dir: Pa
     folder = job_folder(run_dir)
     if opts.cpus and not cfg.threads:
         cfg = replace(cfg, threads=opts.cpus)
-    job = make_executor(opts, folder, name).submit(TrainJob(cfg, run_dir))
+    errors = require_submitit().core.utils
+    try:
+        job = make_executor(opts, folder, name).submit(TrainJob(cfg, run_dir))
+    except (errors.FailedJobError, errors.FailedSubmissionError) as e:  # sbatch said no
+        raise WsramError(f"{name}: the job was not submitted: {_last_line(str(e))}") from None
     atomic_write_json(folder / JOB_FILE, {"job_id": str(job.job_id), "cluster": opts.cluster})
     return job
 
@@ -196,15 +200,20 @@ def recorded_job(opts: SlurmOptions, run_dir: Path) -> Any | None:
 def job_error(job: Any) -> str | None:
     """None if the job returned; else the last line of its error, or its Slurm state if it
     ended without a result (cancelled, killed, out of memory)."""
-    submitit = require_submitit()
+    errors = require_submitit().core.utils
     try:
         job.result()
-    except submitit.core.utils.UncompletedJobError:
+    except errors.FailedJobError as e:  # its traceback, between two lines of dashes
+        parts = str(e).split("-" * 22)
+        return _last_line(parts[1] if len(parts) >= 3 else str(e)) or type(e).__name__
+    except errors.UncompletedJobError:
         return f"ended without a result (state {job.state})"
-    except Exception as e:  # the job's own error: its traceback as text
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        return lines[-1] if lines else type(e).__name__
     return None
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 @dataclass(frozen=True)
@@ -258,8 +267,9 @@ class SlurmJobs:
                     if not _report(name, job, cfgs[name], out_dir / name, bar):
                         failed.append(name)
             bar.refresh()
-            if waiting:
-                time.sleep(self.options.poll_s)
+            deadline = time.monotonic() + self.options.poll_s
+            while waiting and not stop.requested and time.monotonic() < deadline:
+                time.sleep(0.1)
 
 
 def _report(name: str, job: Any, cfg: ClassificationConfig, run_dir: Path,
