@@ -196,7 +196,7 @@ def test_a_compare_started_again_watches_running_jobs_and_resubmits_ended_ones(
     assert "== var+c/lr0.001-seed0: job 11 submitted before (RUNNING); watching it" in err
     assert "== var+c/lr0.001-seed2 submitted: job 22 (log: /logs/22_0_log.err)" in err
     for name, job_id in (("seed0", 11), ("seed1", 21), ("seed2", 22)):  # one line each
-        assert err.count(f"== var+c/lr0.001-{name} stopped at update 0 of 4") == 1
+        assert err.count(f"== var+c/lr0.001-{name} ended at update 0 of 4") == 1
         assert f"(job {job_id}, log: /logs/{job_id}_0_log.err)" in err
 
     # A failed job is named with the last line of its error, and compare fails.

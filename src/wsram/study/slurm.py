@@ -170,6 +170,7 @@ def _requeue(run_dir: Path) -> None:
 
 def submit(opts: SlurmOptions, name: str, cfg: ClassificationConfig, run_dir: Path) -> Any:
     """Submit run ``name`` as a job, and record its id beside the run folder."""
+    run_dir = run_dir.absolute()  # wherever the job starts
     folder = job_folder(run_dir)
     if opts.cpus and not cfg.threads:
         cfg = replace(cfg, threads=opts.cpus)
@@ -274,8 +275,9 @@ class SlurmJobs:
 
 def _report(name: str, job: Any, cfg: ClassificationConfig, run_dir: Path,
             bar: StudyProgress) -> bool:
-    """One line for a job that ended: finished (or stopped by the config's time limit), or
-    failed and why; True unless it failed."""
+    """One line for a job that ended: finished, ended short of its budget (the config's
+    time limit, or a job an earlier ``compare`` submitted with fewer updates), or failed and
+    why; True unless it failed."""
     error = job_error(job)
     where = f"job {job.job_id}, log: {job.paths.stderr}"
     step = last_logged_step(run_dir)
@@ -284,8 +286,7 @@ def _report(name: str, job: Any, cfg: ClassificationConfig, run_dir: Path,
     elif finished(cfg, run_dir):
         bar.say(f"== {name} finished: {step} updates ({where})")
     else:
-        bar.say(f"== {name} stopped at update {step} of {cfg.steps} by its time limit "
-                f"({where})")
+        bar.say(f"== {name} ended at update {step} of {cfg.steps} ({where})")
     bar.ended(name, error is None)
     return error is None
 
