@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,tensorboard]'
+	$(BIN)/pip install --quiet -e '.[dev,tensorboard,slurm]'
 	touch $@
 
 demo: $(BIN)/.installed

@@ -187,7 +187,7 @@ def positive(name: str, value: int | None) -> None:
         raise WsramError(f"--{name}: must be at least 1, got {value}")
 
 
-#: exit status of a run stopped before its end by SIGINT, SIGTERM, SIGHUP or a closed
+#: exit status of a run stopped before its end by SIGINT, SIGTERM, SIGHUP, SIGUSR2 or a closed
 #: stdout/stderr, after checkpointing the current update (README, "Exit status")
 EXIT_STOPPED = 130
 

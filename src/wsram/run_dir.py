@@ -135,7 +135,7 @@ def refuse_foreign(folder: Path, kind: str, option: str) -> None:
     known = set(RUN_FILES) if kind == "run" else set(RUN_FILES) | {"results.json"}
     ours = marker_kind(folder) is not None or any(n in known for n in names)
     if kind == "study":  # a study from before markers: its runs' folders hold configs
-        ours = ours or any(RunDir(folder / n).has_config() for n in names)
+        ours = ours or any(RunDir(p).has_config() for p in folder.glob("*/*"))
     if names and not ours:
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise WsramError(f"{folder}: holds files that are not a wsram {kind} ({shown}); give "

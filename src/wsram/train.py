@@ -4,8 +4,8 @@ Read top to bottom: :func:`train` checks and locks the run folder (rank 0), then
 :func:`run_training` sets up (device, task, model, :class:`~wsram.engine.Engine`), restores
 a :class:`TrainState` on resume, and loops: one update (``engine.py``), the log window,
 diagnostics, evaluation and checkpoints; at the end (all updates done, or the time limit)
-a final evaluation, and in every case a checkpoint. SIGINT, SIGTERM, SIGHUP and a closed
-stdout/stderr (:class:`StopRequest`) end the loop after the update in progress.
+a final evaluation, and in every case a checkpoint. SIGINT, SIGTERM, SIGHUP, SIGUSR2 and a
+closed stdout/stderr (:class:`StopRequest`) end the loop after the update in progress.
 """
 
 from __future__ import annotations
@@ -279,15 +279,16 @@ class RunLog:
             self.tb.close()
 
 
-#: signals that end a run with a checkpoint of the current update: Ctrl-C, ``kill``, and
-#: a terminal or ssh session going away
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: signals that end a run with a checkpoint of the current update: Ctrl-C, ``kill``, a
+#: terminal or ssh session going away, and Slurm's warning of a time limit or pre-emption
+#: (``sbatch --signal=USR2@90``, as submitit asks; ``wsram compare --slurm`` then requeues)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2)
 
 
 class StopRequest:
-    """Turns SIGINT, SIGTERM and SIGHUP, and the loss of stdout or stderr (a closed pipe,
-    a hung-up terminal), into a request to checkpoint and stop after the current update;
-    ``reason`` names the first (``SIGINT``, ``stderr closed``, ...)."""
+    """Turns SIGINT, SIGTERM, SIGHUP and SIGUSR2, and the loss of stdout or stderr (a
+    closed pipe, a hung-up terminal), into a request to checkpoint and stop after the
+    current update; ``reason`` names the first (``SIGINT``, ``stderr closed``, ...)."""
 
     def __init__(self) -> None:
         self.requested = False

@@ -19,7 +19,7 @@ from wsram.config import load_yaml
 from wsram.errors import WsramError
 from wsram.methods import METHODS
 from wsram.run_dir import mark, refuse_foreign
-from wsram.study.executor import evaluate_if_stale, train_runs
+from wsram.study.executor import Executor, evaluate_if_stale, train_runs
 from wsram.study.plan import EXPLORE, Plan, check_study, default_plan
 from wsram.study.report import write_results
 from wsram.study.results import (
@@ -28,20 +28,22 @@ from wsram.study.results import (
     discover_runs,
     variance_at_shared_parameters,
 )
+from wsram.study.slurm import add_slurm_options, slurm_from_args
 
 
 def compare(base: ClassificationConfig, out_dir: str | Path, plan: Plan, jobs: int = 1,
-            progress: bool = True) -> dict[str, Any]:
-    """Train the study's runs into ``out_dir`` (resumable), evaluate them, write results."""
+            progress: bool = True, executor: Executor | None = None) -> dict[str, Any]:
+    """Train the study's runs into ``out_dir`` (resumable) through ``executor`` (default:
+    ``jobs`` local processes at a time), evaluate them, write results."""
     out_dir = Path(out_dir)
     refuse_foreign(out_dir, "study", "--out")
     out_dir.mkdir(parents=True, exist_ok=True)
     mark(out_dir, "study")
     check_study(base, out_dir)
-    train_runs(base, out_dir, plan.grid_runs(), jobs, progress, "grid")
+    train_runs(base, out_dir, plan.grid_runs(), jobs, progress, "grid", executor)
     rates = {m: c["lr"] for m, c in choose_rates(discover_runs(out_dir)).items()}
     train_runs(base, out_dir, plan.chosen_runs(rates, base.lr), jobs, progress,
-               "at chosen rates")
+               "at chosen rates", executor)
     for run_dir in sorted(r.dir for r in discover_runs(out_dir)):
         evaluate_if_stale(run_dir)
     shared = variance_at_shared_parameters(out_dir, rates)
@@ -76,6 +78,7 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--max-step", type=int, metavar="N",
                    help="with --plot-only: compare training curves up to update N only")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_slurm_options(c)
     add_config_options(c, ClassificationConfig)
 
 
@@ -91,7 +94,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         base = config_from_args(args, ClassificationConfig)
         plan = default_plan(base, args.seeds, args.lrs, args.methods, args.at_chosen_rate,
                             explore=not args.no_explore)
-        compare(base, args.out, plan, jobs=args.jobs, progress=not args.no_progress)
+        compare(base, args.out, plan, jobs=args.jobs, progress=not args.no_progress,
+                executor=slurm_from_args(args, base))
         out = Path(args.out)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, {out / 'results.json'} and figures in {out}")

@@ -1,6 +1,7 @@
-"""Training a study's runs: one after another in this process (``jobs`` 1), or ``jobs`` at
-a time as ``wsram train`` subprocesses, with one progress bar over all of them; then each
-run's test errors.
+"""Training a study's runs through an :class:`Executor`: here (:class:`LocalProcesses`) one
+after another in this process (``jobs`` 1), or ``jobs`` at a time as ``wsram train``
+subprocesses, with one progress bar over all of them; on a cluster, one Slurm job per run
+(``study/slurm.py``). Then each run's test errors.
 
 Every run resumes if a study is interrupted or extended (more seeds, rates or updates);
 a run that already reached its budget is left as it is. A signal (Ctrl-C, ``kill``, a
@@ -17,7 +18,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 from tqdm import tqdm
@@ -35,25 +38,54 @@ from wsram.train import StopRequest, train
 Running = list[tuple[str, subprocess.Popen]]
 
 
-def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs: int,
-               progress: bool, label: str = "runs") -> None:
-    """Train (or resume) each run, ``jobs`` at a time in separate processes; runs that
-    already reached their budget are left as they are (their checkpoints need not exist:
-    a study's committed files hold only config, metrics and test errors)."""
-    cfgs = {r.folder: r.config(base) for r in runs}
-    cfgs = {name: cfg for name, cfg in cfgs.items() if not _finished(cfg, out_dir / name)}
-    if jobs <= 1:
+class Executor(Protocol):
+    """Where a study's runs train: :class:`LocalProcesses` (the default), or Slurm jobs
+    (``study.slurm.SlurmJobs``)."""
+
+    def train(self, cfgs: dict[str, ClassificationConfig], out_dir: Path, progress: bool,
+              label: str = "runs", already: int = 0) -> None:
+        """Train (or resume) each run ``out_dir/<name>`` of ``cfgs`` (none yet at its
+        budget) and return when all have ended; raise WsramError naming those that failed,
+        KeyboardInterrupt when asked to stop. ``label`` and ``already`` (runs of this phase
+        finished before) are for the progress bar."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalProcesses:
+    """The runs on this machine: one after another in this process (``jobs`` 1), or
+    ``jobs`` at a time as ``wsram train`` subprocesses."""
+
+    jobs: int = 1
+
+    def train(self, cfgs: dict[str, ClassificationConfig], out_dir: Path, progress: bool,
+              label: str = "runs", already: int = 0) -> None:
+        if self.jobs > 1:
+            _run_parallel(cfgs, out_dir, self.jobs, progress, label, already)
+            return
         for name, cfg in cfgs.items():
             print(f"== {name}", file=sys.stderr, flush=True)
-            row = train(cfg, out_dir / name, resume=_resumable(cfg, out_dir / name),
+            row = train(cfg, out_dir / name, resume=resumable(cfg, out_dir / name),
                         progress=progress)
             if row["stopped_by"] not in ("finished", "time limit"):  # a signal stops them all
                 raise KeyboardInterrupt
-    else:
-        _run_parallel(cfgs, out_dir, jobs, progress, label, already=len(runs) - len(cfgs))
 
 
-def _finished(cfg: ClassificationConfig, run_dir: Path) -> bool:
+def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs: int = 1,
+               progress: bool = True, label: str = "runs",
+               executor: Executor | None = None) -> None:
+    """Train (or resume) each run through ``executor`` (default: ``jobs`` local processes
+    at a time); runs that already reached their budget are left as they are (their
+    checkpoints need not exist: a study's committed files hold only config, metrics and
+    test errors)."""
+    cfgs = {r.folder: r.config(base) for r in runs}
+    cfgs = {name: cfg for name, cfg in cfgs.items() if not finished(cfg, out_dir / name)}
+    if cfgs:
+        (executor or LocalProcesses(jobs)).train(cfgs, out_dir, progress, label,
+                                                 already=len(runs) - len(cfgs))
+
+
+def finished(cfg: ClassificationConfig, run_dir: Path) -> bool:
     """Whether run_dir holds a run of this config that reached ``cfg.steps`` updates."""
     run = RunDir(run_dir)
     if not run.has_config():
@@ -63,7 +95,7 @@ def _finished(cfg: ClassificationConfig, run_dir: Path) -> bool:
     return bool(steps) and steps[-1] >= cfg.steps
 
 
-def _resumable(cfg: ClassificationConfig, run_dir: Path) -> bool:
+def resumable(cfg: ClassificationConfig, run_dir: Path) -> bool:
     """Whether run_dir holds an earlier run of this variant to continue (refusing one made
     with another config; a longer budget or another machine may differ). One stopped
     before its first checkpoint, or kept without checkpoints (a study's committed files),
@@ -132,7 +164,7 @@ def _schedule(pending: list[tuple[str, ClassificationConfig]], running: Running,
     while (pending or running) and not stop.requested:
         while pending and len(running) < jobs and not stop.requested:
             name, cfg = pending.pop(0)
-            if _finished(cfg, out_dir / name):  # finished meanwhile, by another process
+            if finished(cfg, out_dir / name):  # finished meanwhile, by another process
                 bar.ended(name, True)
                 continue
             running.append((name, _start(name, cfg, out_dir, threads, bar)))
@@ -157,7 +189,7 @@ def _start(name: str, cfg: ClassificationConfig, out_dir: Path, threads: int,
         replace(cfg, threads=cfg.threads or threads).to_dict(), sort_keys=False))
     cmd = [sys.executable, "-m", "wsram", "train", "--run-dir", str(run_dir),
            "--config", str(cfg_file), "--no-progress"]
-    if _resumable(cfg, run_dir):
+    if resumable(cfg, run_dir):
         cmd.append("--resume")
     log_path = run_dir.parent / f"{run_dir.name}.log"
     with open(log_path, "a") as log:
