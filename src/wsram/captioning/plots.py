@@ -59,18 +59,10 @@ def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: i
         clipped_any = False
         for t, word in enumerate(words):
             ax = fig.add_subplot(grid[1 + t // cols, t % cols])
-            _imshow(ax, img)
             s = int(layers[t])
             side = cfg.neighbourhood * strides[s] * W / img.shape[-1]
-            cx, cy = (locs[t, 0].item() + 1) / 2 * W, (locs[t, 1].item() + 1) / 2 * H
-            ax.add_patch(plt.Rectangle((cx - side / 2 - 0.5, cy - side / 2 - 0.5), side, side,
-                                       fill=False, edgecolor="#e41a1c", linewidth=1.5))
-            clipped = is_clipped(cx, cy, side, W, H)
-            clipped_any |= clipped
-            ax.set_title(f"{word}\n{layer_name(s, grids[s])}{' *' if clipped else ''}",
-                         fontsize=8)
-            ax.set_xlim(-0.5, W - 0.5)
-            ax.set_ylim(H - 0.5, -0.5)
+            clipped_any |= _word_panel(ax, img, word, locs[t], side,
+                                       layer_name(s, grids[s]))
         fig.suptitle(f"{cfg.method}, update {state['step']}, {split} image {i}: each word "
                      "with the region it attended (box: the layer's n x n cells)"
                      + ("; * box clipped at the image border" if clipped_any else ""),
@@ -80,6 +72,21 @@ def show_captions(run_dir: str | Path, out_dir: str | Path | None = None, num: i
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _word_panel(ax: Any, img: Any, word: str, loc: Any, side: float, layer: str) -> bool:
+    """One word's panel: the image, the box it attended, the word and layer (with a *
+    when the box reaches past the border); whether it did."""
+    H, W = img.shape[-2:]
+    _imshow(ax, img)
+    cx, cy = (loc[0].item() + 1) / 2 * W, (loc[1].item() + 1) / 2 * H
+    ax.add_patch(pyplot().Rectangle((cx - side / 2 - 0.5, cy - side / 2 - 0.5), side, side,
+                                    fill=False, edgecolor="#e41a1c", linewidth=1.5))
+    clipped = is_clipped(cx, cy, side, W, H)
+    ax.set_title(f"{word}\n{layer}{' *' if clipped else ''}", fontsize=8)
+    ax.set_xlim(-0.5, W - 0.5)
+    ax.set_ylim(H - 0.5, -0.5)
+    return clipped
 
 
 def reference_text(refs: list[list[str]]) -> str:
