@@ -17,8 +17,11 @@ TINY = ["--canvas-size", "32", "--digit-min", "10", "--digit-max", "20", "--hidd
 @pytest.mark.slow
 def test_compare_end_to_end(cli, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    code, stdout, err = cli("compare", "--out", str(out), "--steps", "8", *TINY)
+    code, stdout, err = cli("compare", "--out", str(out), "--steps", "8", *TINY, "--explore")
     assert code == 0, err
+    assert "compare: 9 runs of 8 updates each into" in err and "time: about" in err
+    assert "exploration heuristics: var+c, wsram+q+c with them on (2 runs)" in err
+    assert "test error (mean of M trajectories" in stdout and "# Comparison" not in stdout
     res = json.loads((out / "results.json").read_text())
     names = {"var", "var+c", "wsram", "wsram+c", "wsram+q", "wsram+q+c", "vimco",
              "var+c+explore", "wsram+q+c+explore"}
@@ -130,3 +133,24 @@ def test_study_progress_reads_the_last_logged_update(tmp_path: Path) -> None:
     bar.ended("b", ok=False)
     assert bar.bar.n == 50 * 399 + 30000 and "0/2 runs done, 1 failed" in bar._runs()
     bar.close()
+
+
+def test_the_plan_is_printed_before_anything_trains(tmp_path: Path, capsys) -> None:
+    """Runs per phase, the heuristics only when asked, diagnostics that a budget below
+    --diag-every would leave empty, and a time estimate from timed updates."""
+    from wsram.classification import make_config
+    from wsram.study.commands import announce
+    from wsram.study.plan import default_plan
+
+    base = make_config(None, **dict(zip([a[2:].replace("-", "_") for a in TINY[0:-1:2]],
+                                        TINY[1:-1:2], strict=True)), steps=3)
+    plan = default_plan(base, [0, 1], [1e-3, 3e-3], ["var+c", "wsram+c"], ["var"])
+    announce(plan, base, tmp_path / "c", 2, True)
+    err = capsys.readouterr().err
+    assert "compare: 10 runs of 3 updates each" in err
+    assert "grid: var+c, wsram+c at lr 0.001 0.003, seeds 0 1 (8 runs)" in err
+    assert "at the rate chosen for their family: var (2 runs)" in err
+    assert "exploration heuristics: not trained (--explore adds them)" in err
+    assert "diagnostics: none (--diag-every 4 with --steps 3)" in err
+    assert "time: about" in err and "var+c 0." in err and "wsram+c 0." in err
+    assert not (tmp_path / "c").exists()  # announcing writes nothing

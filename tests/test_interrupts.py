@@ -283,8 +283,9 @@ def test_compare_refuses_what_it_sets_itself(cli, tmp_path: Path) -> None:
     assert code == 2 and "compare: sets method itself for each variant" in err
     cfg = tmp_path / "c.yaml"
     cfg.write_text("coverage: 0.5\n")
-    code, _, err = cli("compare", "--out", str(tmp_path / "c"), "--config", str(cfg))
-    assert code == 2 and "sets coverage itself" in err and "--no-explore" in err
+    code, _, err = cli("compare", "--out", str(tmp_path / "c"), "--config", str(cfg),
+                       "--explore")
+    assert code == 2 and "sets coverage itself" in err and "leave out --explore" in err
     assert not (tmp_path / "c").exists()
 
 

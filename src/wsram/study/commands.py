@@ -9,6 +9,9 @@ on the test set; tables and figures from the files (``report.write_results``).
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,14 @@ from wsram.config import load_yaml
 from wsram.errors import WsramError
 from wsram.methods import METHODS
 from wsram.run_dir import mark, refuse_foreign
-from wsram.study.executor import Executor, evaluate_if_stale, train_runs
-from wsram.study.plan import EXPLORE, Plan, check_study, default_plan
+from wsram.study.executor import (
+    Executor,
+    evaluate_if_stale,
+    last_logged_step,
+    seconds_per_update,
+    train_runs,
+)
+from wsram.study.plan import EXPLORE, EXPLORED, Plan, check_study, default_plan
 from wsram.study.report import write_results
 from wsram.study.results import (
     SHARED_FILE,
@@ -57,7 +66,11 @@ def add_commands(sub: Any) -> None:
     c = sub.add_parser("compare", help="train the paper's variants alike over seeds and "
                        "learning rates; tables and figures with intervals")
     c.set_defaults(func=cmd_compare)
-    c.add_argument("--out", metavar="DIR", help="folder for the runs, results.md/json and figures")
+    where = c.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", metavar="DIR",
+                       help="folder for the runs, results.md/json and figures")
+    where.add_argument("--plot-only", metavar="DIR",
+                       help="redraw tables and figures of DIR from its files; train nothing")
     c.add_argument("--config", metavar="PATH",
                    help="YAML file of config keys shared by every run")
     c.add_argument("--seeds", type=int, nargs="+", metavar="S",
@@ -71,15 +84,17 @@ def add_commands(sub: Any) -> None:
                    "var+c's, wsram at wsram+c's, wsram+q at wsram+q+c's, vimco at var+c's")
     c.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="runs trained in parallel processes")
-    c.add_argument("--no-explore", action="store_true",
-                   help="skip the exploration-heuristics study (paper Figure 4)")
-    c.add_argument("--plot-only", metavar="DIR",
-                   help="redraw tables and figures of DIR from its files; train nothing")
+    c.add_argument("--explore", action="store_true",
+                   help="also train var+c and wsram+q+c with the exploration heuristics on, "
+                   "at their chosen rates (paper Figure 4)")
+    c.add_argument("--no-explore", action="store_true", help=argparse.SUPPRESS)  # the default
     c.add_argument("--max-step", type=int, metavar="N",
                    help="with --plot-only: compare training curves up to update N only")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_slurm_options(c)
-    add_config_options(c, ClassificationConfig)
+    add_config_options(c, ClassificationConfig, skip=("method",))  # --methods chooses
+    c.add_argument("--method", dest="cfg.method", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # refused with a pointer to --methods
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -93,18 +108,56 @@ def cmd_compare(args: argparse.Namespace) -> None:
         _check_compare_args(args)
         base = config_from_args(args, ClassificationConfig)
         plan = default_plan(base, args.seeds, args.lrs, args.methods, args.at_chosen_rate,
-                            explore=not args.no_explore)
+                            explore=args.explore)
+        executor = slurm_from_args(args, base)
+        announce(plan, base, Path(args.out), args.jobs, executor is None)
         compare(base, args.out, plan, jobs=args.jobs, progress=not args.no_progress,
-                executor=slurm_from_args(args, base))
+                executor=executor)
         out = Path(args.out)
-    print((out / "results.md").read_text())
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'} and figures in {out}")
+    print("\n".join(headline(out)))
+
+
+def announce(plan: Plan, base: ClassificationConfig, out: Path, jobs: int,
+             local: bool) -> None:
+    """The plan, before anything trains: the runs of each phase, how many finished before,
+    the diagnostics, and (local runs on the CPU) a time estimate from timed updates."""
+    runs = plan.grid_runs()
+    total = sum(plan.counts().values())
+    done = {r.folder: last_logged_step(out / r.folder) for r in runs}
+    print(f"compare: {total} runs of {base.steps} updates each into {out}"
+          + (f" ({sum(s >= base.steps for s in done.values())} finished before)"
+             if any(done.values()) else ""), file=sys.stderr)
+    print("\n".join(plan.lines(base)), file=sys.stderr)
+    if not local or base.device != "cpu":
+        print("  time: not estimated here (the runs go elsewhere)", file=sys.stderr)
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    methods = sorted({r.method for r in runs} | set(plan.chosen)
+                     | ({"var+c", "wsram+q+c"} if plan.explore else set()))
+    cost = seconds_per_update(base, methods, base.threads or max(1, cores // jobs))
+    left = sum(max(0, base.steps - done[r.folder]) * cost[r.method] for r in runs) + sum(
+        base.steps * cost[m] for m in [*plan.chosen, *(EXPLORED if plan.explore else ())]
+        for _ in plan.seeds)
+    minutes = left / min(jobs, max(1, total)) / 60
+    print(f"  time: about {minutes:.0f} min of training on this machine, {jobs} at a time "
+          "(evaluations extra; one update: " + ", ".join(
+              f"{m} {t:.3f} s" for m, t in cost.items()) + ")", file=sys.stderr)
+
+
+def headline(out: Path) -> list[str]:
+    """What compare ends with: where the results are and the test errors, lowest first."""
+    res = json.loads((out / "results.json").read_text())
+    errs = sorted((g["test_error_mc"]["mean"], v) for v, g in res["table"].items()
+                  if g.get("test_error_mc"))
+    lines = [f"wrote {out / 'results.md'} (tables), {out / 'results.json'} and its figures"]
+    if errs:
+        lines.append("test error (mean of M trajectories, mean over seeds), lowest first: "
+                     + ", ".join(f"{v} {e:.1%}" for e, v in errs))
+    return lines
 
 
 def _check_compare_args(args: argparse.Namespace) -> None:
     """Refuse, in one line each, the options of a training study that cannot work."""
-    if not args.out:
-        raise WsramError("compare: give --out DIR (or --plot-only DIR)")
     if args.max_step is not None:
         raise WsramError("--max-step goes with --plot-only DIR (it redraws, trains nothing)")
     positive("jobs", args.jobs)
@@ -120,13 +173,13 @@ def _check_compare_args(args: argparse.Namespace) -> None:
 def refuse_variant_keys(args: argparse.Namespace) -> None:
     """``wsram compare`` sets the method (and, for the exploration study, the heuristics)
     of each variant itself: a value given for them would be silently ignored, so refuse."""
-    own = {"method"} | (set() if args.no_explore else set(EXPLORE))
+    own = {"method"} | (set(EXPLORE) if args.explore else set())
     given = {k[4:] for k in vars(args) if k.startswith("cfg.")}
     if args.config:
         given |= {str(k).replace("-", "_") for k in load_yaml(args.config)}
     clash = sorted(own & given)
     if clash:
-        extra = " (or add --no-explore)" if set(clash) - {"method"} else ""
+        extra = " (or leave out --explore)" if set(clash) - {"method"} else ""
         if "method" in clash:
             extra += "; choose the methods with --methods and --at-chosen-rate"
         raise WsramError(f"compare: sets {', '.join(clash)} itself for each variant; remove "

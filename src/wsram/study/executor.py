@@ -22,14 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import torch
 import yaml
 from tqdm import tqdm
 
 from wsram.atomic import atomic_write_text
 from wsram.checkpoint import load
 from wsram.classification.config import ClassificationConfig
+from wsram.classification.data.splits import check_inputs
 from wsram.classification.evaluate import evaluate_run
+from wsram.classification.task import ClassificationTask
 from wsram.config import replace
+from wsram.distributed import Dist
+from wsram.engine import Engine
 from wsram.errors import WsramError
 from wsram.run_dir import RunDir, check_resume
 from wsram.study.plan import Run
@@ -83,6 +88,33 @@ def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs:
     if cfgs:
         (executor or LocalProcesses(jobs)).train(cfgs, out_dir, progress, label,
                                                  already=len(runs) - len(cfgs))
+
+
+def seconds_per_update(base: ClassificationConfig, methods: list[str], threads: int,
+                       updates: int = 3) -> dict[str, float]:
+    """One training update's seconds for each method on this machine's CPU (``threads``
+    threads, the base config's sizes), after one warm-up update: the plan's time
+    estimate. The global random state is left as it was."""
+    cfg0 = check_inputs(replace(base, device="cpu"))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = {}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for m in methods:
+                cfg = replace(cfg0, method=m)
+                task = ClassificationTask(cfg, progress=False)
+                engine = Engine(task.build_model(), task.method(), cfg, Dist(),
+                                task.train_metrics)
+                x, y = task.stream(torch.device("cpu"), cfg.seed).sample(cfg.batch_size)
+                engine.update(x, y, False, 0)
+                start = time.perf_counter()
+                for i in range(updates):
+                    engine.update(x, y, False, i + 1)
+                out[m] = (time.perf_counter() - start) / updates
+    finally:
+        torch.set_num_threads(old)
+    return out
 
 
 def finished(cfg: ClassificationConfig, run_dir: Path) -> bool:

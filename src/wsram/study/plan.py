@@ -61,7 +61,7 @@ class Plan:
     lrs: list[float]
     seeds: list[int]
     chosen: list[str] = field(default_factory=list)
-    explore: bool = True
+    explore: bool = False
 
     def grid_runs(self) -> list[Run]:
         return [Run(m, lr, s) for m in self.grid for lr in self.lrs for s in self.seeds]
@@ -75,9 +75,36 @@ class Plan:
         return runs
 
 
+    def counts(self) -> dict[str, int]:
+        """How many runs each phase trains."""
+        return {"grid": len(self.grid) * len(self.lrs) * len(self.seeds),
+                "chosen": len(self.chosen) * len(self.seeds),
+                "explore": len(EXPLORED) * len(self.seeds) if self.explore else 0}
+
+    def lines(self, base: ClassificationConfig) -> list[str]:
+        """The plan in words: each phase's runs and the diagnostics they will log."""
+        n = self.counts()
+        lrs, seeds = " ".join(f"{x:g}" for x in self.lrs), " ".join(map(str, self.seeds))
+        out = [f"  grid: {', '.join(self.grid)} at lr {lrs}, seed{'s' * (len(self.seeds) > 1)}"
+               f" {seeds} ({n['grid']} runs)"]
+        if self.chosen:
+            out.append(f"  at the rate chosen for their family: {', '.join(self.chosen)} "
+                       f"({n['chosen']} runs)")
+        out.append(f"  exploration heuristics: {', '.join(EXPLORED)} with them on "
+                   f"({n['explore']} runs)" if self.explore else
+                   "  exploration heuristics: not trained (--explore adds them)")
+        if not base.diag_every or base.diag_every > base.steps:
+            out.append(f"  diagnostics: none (--diag-every {base.diag_every} with --steps "
+                       f"{base.steps}): the gradient-variance, ESS and scale panels will be "
+                       "empty; lower --diag-every to fill them")
+        else:
+            out.append(f"  diagnostics: every {base.diag_every} updates")
+        return out
+
+
 def default_plan(base: ClassificationConfig, seeds: list[int] | None = None,
                  lrs: list[float] | None = None, methods: list[str] | None = None,
-                 chosen: list[str] | None = None, explore: bool = True) -> Plan:
+                 chosen: list[str] | None = None, explore: bool = False) -> Plan:
     """Without seeds or rates: every attention method once, at the config's seed and rate,
     as the paper's figures compare them."""
     attending = [m for m in METHODS if METHODS[m].attends]

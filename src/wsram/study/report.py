@@ -4,6 +4,7 @@ writes them."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ def write_results(out_dir: str | Path, max_step: int | None = None) -> dict[str,
     out_dir = Path(out_dir)
     res = results(out_dir, max_step)
     atomic_write_json(out_dir / "results.json", res)
-    atomic_write_text(out_dir / "results.md", markdown(res))
-    plot_comparison(out_dir, res)
+    with warnings.catch_warnings():  # e.g. an empty panel's legend: the tables say why
+        warnings.simplefilter("ignore")
+        figures = plot_comparison(out_dir, res)
+    atomic_write_text(out_dir / "results.md", markdown(res, [f.name for f in figures]))
     return res
 
 def _pct(iv: dict[str, Any] | None) -> str:
@@ -100,12 +103,12 @@ def _diff_pct(d: dict[str, Any] | None) -> str:
     return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]{star}"
 
 
-def markdown(res: dict[str, Any]) -> str:
-    """The whole results.md."""
+def markdown(res: dict[str, Any], figures: list[str] | None = None) -> str:
+    """The whole results.md (``figures``: the figure files written beside it)."""
     return "\n".join([*_header(res), *_rates(res), *_figure3(res), *_variants(res),
                       *_targets(res), *_by_lr(res), *_scales(res), *_differences(res),
                       *_paired(res), *_shared(res),
-                      *_notes()]) + "\n"
+                      *_notes(figures or [])]) + "\n"
 
 
 def _header(res: dict[str, Any]) -> list[str]:
@@ -120,8 +123,8 @@ def _header(res: dict[str, Any]) -> list[str]:
             f"{s['glimpses']} glimpses, seeds {', '.join(map(str, seeds))}; "
             f"{_validation(s)}.{cut}"
             " Figures are means over seeds with 95% Student-t intervals [lo, hi]; "
-            "differences use Welch's interval, ratios Welch's on the log scale; * marks an "
-            "interval that excludes no difference.", ""]
+            "differences use Welch's interval, ratios Welch's on the log scale; * marks a "
+            "difference whose interval does not contain zero (a difference detected).", ""]
 
 
 def _validation(setup: dict[str, Any]) -> str:
@@ -308,20 +311,38 @@ def _shared(res: dict[str, Any]) -> list[str]:
                   f"{block['samples']}, every estimator at the same parameters.", "",
                   "| estimator | trace of covariance | relative to squared norm of mean |",
                   "|---|---|---|"]
+        untrained_q = not _trains_q(block["parameters_of"])
         for n, v in block["variance"].items():
+            if untrained_q and "+q" in n:
+                continue
             lines.append(f"| {n} | {v['grad_var']:.3g} | {v['grad_var_rel']:.3g} |")
+        if untrained_q:
+            lines += ["", f"No WS-RAM+q rows: {block['parameters_of']} trains no inference "
+                      "network, so at its parameters q is still its initial copy of the prior "
+                      "(a zero correction) and WS-RAM+q's estimates equal WS-RAM's."]
         lines.append("")
     return lines
 
 
-def _notes() -> list[str]:
+def _trains_q(method: str) -> bool:
+    """Whether a method trains the inference network q (its proposal)."""
+    return "+q" in method
+
+
+#: what each figure shows
+FIGURES = {"figure2.png": "mean curves with 95% bands",
+           "figure_lr.png": "final training error against the learning rate",
+           "figure4_exploration.png": "the exploration heuristics on and off"}
+
+
+def _notes(figures: list[str]) -> list[str]:
+    drawn = ", ".join(f"{f} ({FIGURES.get(f, '')})" for f in figures) or "none"
     return ["Training error: one trajectory of the prediction network's own policy per "
             "training image; 'mean of K': class probabilities averaged over K trajectories "
             "of that policy, on the diagnostics' fixed training batch (last 3 diagnostics). "
             "Gradient variance: trace of the covariance of R independent estimates of the "
             "prediction network's gradient on that batch (last 3 diagnostics). Figures: "
-            "figure2.png (mean curves with 95% bands), figure_lr.png (final training error "
-            "against the learning rate), figure4_exploration.png.", ""]
+            f"{drawn}.", ""]
 
 
 def _save(fig: Any, path: Path) -> None:
