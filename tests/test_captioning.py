@@ -274,12 +274,21 @@ TINY = CAPTION_TINY
 
 @pytest.fixture(scope="module")
 def encoder_file(tmp_path_factory) -> Path:
-    """A barely pretrained digit encoder, shared by the end-to-end tests."""
+    """A barely pretrained digit encoder, shared by the end-to-end tests; its run says what
+    the minutes before the first update are for, and how to reuse the encoder."""
     run = tmp_path_factory.mktemp("enc") / "run"
-    with pytest.raises(SystemExit) as e:
-        main(["caption", "train", "--run-dir", str(run), "--steps", "0",
-              "--encoder-steps", "3", *TINY])
+    err = tmp_path_factory.mktemp("err") / "e"
+    with open(err, "w") as f, pytest.raises(SystemExit) as e:
+        sys.stderr = f
+        try:
+            main(["caption", "train", "--run-dir", str(run), "--steps", "0",
+                  "--encoder-steps", "3", *TINY])
+        finally:
+            sys.stderr = sys.__stderr__
     assert e.value.code == 0
+    said = " ".join(err.read_text().split())
+    assert "pretraining the digit encoder first: 3 updates" in said
+    assert f"--encoder-weights {run / 'encoder.pt'} reuses" in said
     return run / "encoder.pt"
 
 

@@ -86,7 +86,7 @@ def pretrain_digit_encoder(make_batch: Callable[[int], tuple[Tensor, Tensor]], s
     losses: list[float] = []
     x_all, y_all = make_batch(0)
     pos = 0
-    bar = tqdm(range(steps), desc="encoder", unit="upd", disable=not progress,
+    bar = tqdm(range(steps), desc="pretraining encoder", unit="upd", disable=not progress,
                dynamic_ncols=True)
     for i in bar:
         if pos + batch_size > len(x_all):

@@ -8,6 +8,7 @@ with one of their reference captions each, drawn from the task's own seeded stre
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +196,11 @@ class CaptionTask:
         elif run_dir is None or resume:
             raise WsramError(f"{own}: the run's encoder is missing")
         else:
+            if main:  # minutes before the first update: say what they are for
+                print(f"wsram: pretraining the digit encoder first: {cfg.encoder_steps} updates "
+                      "of 64 training scenes (1500: about 3.5 minutes on one quiet CPU "
+                      f"thread); saved as {own}, which --encoder-weights {own} reuses in "
+                      "later runs", file=sys.stderr)
             enc = self.pretrain_encoder()
         if main and own is not None:
             checkpoint.save(own, {"kind": "digits", "encoder": enc.state_dict(),
