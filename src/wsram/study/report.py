@@ -286,8 +286,8 @@ def _paired(res: dict[str, Any]) -> list[str]:
              "A seed's runs share their data stream and initial parameters across methods, "
              "so each seed gives one difference: A - B averaged over the seeds both have, "
              "with its Student-t interval, and the geometric mean of the per-seed B / A of "
-             "updates to a level (over the seeds where both reached it). * the interval "
-             "excludes no difference.", "",
+             "updates to a level (over the seeds where both reached it). * the interval does "
+             "not contain zero (a difference detected).", "",
              "| A vs B | condition | seeds | final training error | test error (M) | "
              f"{_levels_head('updates')} |",
              "|---|---|---|---|---|" + "---|" * len(lvs)]
