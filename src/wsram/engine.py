@@ -16,10 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import restore_generator
 from .config import TrainConfig
-from .distributed import Dist
+from .distributed import Dist, rank_seed
 from .estimators import EstimatorOutput
 from .methods import Method
+from .policy import ActionNoise, drawing_from
 from .rollout import Rollout, device_of
 from .schedule import lr_factor
 
@@ -78,7 +80,9 @@ class Engine:
 
     Each network (theta, eta, baseline) has its gradient clipped on its own, so that a
     large step of the inference network or the baseline never shrinks the prediction
-    network's; the baseline has its own Adam and learning rate.
+    network's; the baseline has its own Adam and learning rate. The actions of an update
+    are drawn from the engine's own generator (``noise``), seeded from the config's seed
+    and this process's rank, and saved with the optimisers.
     """
 
     def __init__(self, model: nn.Module, method: Method, cfg: TrainConfig, ddp: Dist,
@@ -94,6 +98,7 @@ class Engine:
         self.groups = [g for g in (model.theta(), model.eta(), model.baseline_params()) if g]
         self.params = [p for g in self.groups for p in g]
         self.rollout_fn = CompiledOrEager(model.rollout) if cfg.compile else model.rollout
+        self.noise = ActionNoise(torch.Generator().manual_seed(action_seed(cfg.seed, ddp.rank)))
 
     def set_rates(self, step: int) -> float:
         """Set each network's rate for the update after ``step`` updates (the schedule,
@@ -110,8 +115,9 @@ class Engine:
         updates done so far, sets the scheduled rates first (None: the rates stay)."""
         cfg = self.cfg
         lr_now = cfg.lr * self.set_rates(step) if step is not None else None
-        loss, est, rollout, extra = forward_step(self.model, self.method, cfg, x, y,
-                                                 self.rollout_fn, self.metrics)
+        with drawing_from(self.noise):
+            loss, est, rollout, extra = forward_step(self.model, self.method, cfg, x, y,
+                                                     self.rollout_fn, self.metrics)
         self.opt.zero_grad(set_to_none=True)
         self.opt_b.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,7 +141,17 @@ class Engine:
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.opt.state_dict(),
-                "baseline_optimizer": self.opt_b.state_dict()}
+                "baseline_optimizer": self.opt_b.state_dict(),
+                "action_rng": self.noise.generator.get_state()}
+
+    def restore_noise(self, rng: Any, what: str) -> None:
+        """Continue the action stream saved as ``action_rng``."""
+        restore_generator(self.noise.generator, rng, what)
+
+    def restart_noise(self, seed: int) -> None:
+        """Start a fresh action stream (a rank other than 0 on resume; a checkpoint written
+        before runs had their own)."""
+        self.noise.generator.manual_seed(seed)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["optimizer"])
@@ -143,6 +159,11 @@ class Engine:
         # Checkpoints saved before foreach was set carry foreach=None in their groups.
         for g in self.opt.param_groups + self.opt_b.param_groups:
             g["foreach"] = True
+
+
+def action_seed(seed: int, rank: int = 0) -> int:
+    """Seed of a run's action stream (the stream the global generator's seed was before)."""
+    return rank_seed(seed, rank, 3)
 
 
 class CompiledOrEager:
