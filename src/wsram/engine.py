@@ -44,26 +44,46 @@ def own_policy_rollout(model: nn.Module, rollout: Rollout, x: Any, y: Tensor,
         return model.rollout(x, y, num_samples=1, **kw)
 
 
+#: the scalar weights of an update's loss: (cv_gamma, entropy, coverage), each a number or
+#: (in a stack of runs, ``stack.py``) each run's own as a tensor
+Weights = tuple[Any, Any, Any]
+
+
+def _weighs(w: Any) -> bool:
+    return isinstance(w, Tensor) or w != 0
+
+
 def forward_step(model: nn.Module, method: Method, cfg: TrainConfig, x: Any, y: Tensor,
                  rollout_fn: Any = None, metrics: Metrics | None = None,
+                 weights: Weights | None = None,
                  ) -> tuple[Tensor, EstimatorOutput, Rollout, dict[str, Tensor]]:
     """One update's forward work: K trajectories per example, the method's estimator, the
     exploration heuristics, and the task's training metrics. Returns (loss, estimator
     output, rollout, metrics such as ``{"error": ...}``). ``rollout_fn`` (default
     ``model.rollout``) runs the K trajectories, e.g. a compiled version of it; ``metrics``
-    is the task's ``train_metrics`` (default: none)."""
+    is the task's ``train_metrics`` (default: none); ``weights`` replace the config's
+    (cv_gamma, entropy, coverage); a heuristic of weight 0 is left out."""
     bf16 = cfg.precision == "bf16"
+    gamma, entropy, coverage = weights or (cfg.cv_gamma, cfg.entropy, cfg.coverage)
     with torch.autocast(device_of(x).type, torch.bfloat16, enabled=bf16):
         rollout = (rollout_fn or model.rollout)(x, y, cfg.samples, proposal=method.proposal,
                                                 temperature=cfg.temperature)
-    est = method.objective(rollout, cfg.cv_gamma)
+    est = method.objective(rollout, gamma)
     loss = est.loss
-    if cfg.entropy:
-        loss = loss - cfg.entropy * rollout.entropy.mean()
-    if cfg.coverage:
-        loss = loss + cfg.coverage * sum(
+    if _weighs(entropy):
+        loss = loss - entropy * rollout.entropy.mean()
+    if _weighs(coverage):
+        loss = loss + coverage * sum(
             d.coverage_penalty() for d in rollout.prior_dists) / len(rollout.prior_dists)
     return loss, est, rollout, (metrics(model, rollout, x, y, bf16) if metrics else {})
+
+
+def update_values(loss: Tensor, est: EstimatorOutput, rollout: Rollout,
+                  extra: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One update's figures for the log (before the gradient norm and the rate), detached."""
+    values = {"loss": loss, **extra, "ess": est.ess.mean(), "bound": est.bound.mean(),
+              "entropy": rollout.entropy.mean(), **est.terms}
+    return {k: v.detach() for k, v in values.items()}
 
 
 @dataclass
@@ -133,11 +153,11 @@ class Engine:
             return Update(False, stop_votes, {})
         self.opt.step()
         self.opt_b.step()
-        values = {"loss": loss, **extra, "ess": est.ess.mean(), "bound": est.bound.mean(),
-                  "entropy": rollout.entropy.mean(), "grad_norm": norms[0], **est.terms}
-        if lr_now is not None and (cfg.lr_schedule != "constant" or cfg.warmup):
+        values = update_values(loss, est, rollout, extra)
+        values["grad_norm"] = norms[0].detach()
+        if lr_now is not None and logs_rate(cfg):
             values["lr"] = torch.tensor(lr_now, device=loss.device)
-        return Update(True, stop_votes, {k: v.detach() for k, v in values.items()})
+        return Update(True, stop_votes, values)
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.opt.state_dict(),
@@ -159,6 +179,11 @@ class Engine:
         # Checkpoints saved before foreach was set carry foreach=None in their groups.
         for g in self.opt.param_groups + self.opt_b.param_groups:
             g["foreach"] = True
+
+
+def logs_rate(cfg: TrainConfig) -> bool:
+    """Whether the log carries the rate (a schedule or a warm-up moves it)."""
+    return cfg.lr_schedule != "constant" or bool(cfg.warmup)
 
 
 def action_seed(seed: int, rank: int = 0) -> int:
