@@ -191,3 +191,26 @@ def test_an_interrupted_stack_resumes_to_the_same_numbers(tmp_path: Path, monkey
     assert code == 0, err
     assert torch.load(RunDir(parts / "b").last, weights_only=True)["step"] == 14
 
+
+def test_train_takes_several_seeds_and_rates_as_one_stack(cli, tmp_path: Path) -> None:
+    """``wsram train --seeds --lrs``: every pair, a folder each under --run-dir (marked as
+    a stack's), a JSON line each; --resume continues them all."""
+    from conftest import flags
+
+    parent = tmp_path / "grid"
+    args = ["train", "--run-dir", str(parent), "--method", "var+c", "--seeds", "0", "1",
+            "--lrs", "0.001", "0.003", *flags(dict(FAST, steps=3)), "--no-progress"]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    names = ["lr0.001-seed0", "lr0.001-seed1", "lr0.003-seed0", "lr0.003-seed1"]
+    assert [Path(r["run_dir"]).name for r in rows] == names
+    assert all(r["stopped_by"] == "finished" and r["last_step"] == 3 for r in rows)
+    assert json.loads((parent / STACK_FILE).read_text())["runs"] == names
+    cfg = RunDir(parent / "lr0.003-seed1").read_config()
+    assert cfg["lr"] == 0.003 and cfg["seed"] == 1
+    assert err.count("wsram: finished 3 updates") == 4
+    code, out, err = cli("train", "--run-dir", str(parent), "--resume", "--seeds", "0", "1",
+                         "--lrs", "0.001", "0.003", "--steps", "5", "--no-progress")
+    assert code == 0, err
+    assert [json.loads(line)["last_step"] for line in out.splitlines()] == [5] * 4
