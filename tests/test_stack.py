@@ -63,6 +63,10 @@ def test_only_scalar_settings_may_differ_within_a_stack() -> None:
     assert stack_problem([a, make_config(TINY, method="var+c", seed=3, lr=0.01)]) is None
     assert "method" in stack_problem([a, make_config(TINY, method="wsram+c")])
     assert "hidden" in stack_problem([a, make_config(TINY, method="var+c", hidden=8)])
+    assert "baseline" in stack_problem([make_config(TINY, method="cnn")] * 2)
+    from wsram.captioning import CaptionConfig
+
+    assert "captioning task are not stacked" in stack_problem([CaptionConfig()] * 2)
 
 
 def _pair(method: str, runs: list[dict]) -> tuple[list, list, StackEngine]:

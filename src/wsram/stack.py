@@ -30,7 +30,9 @@ from torch.func import functional_call, vmap
 from .config import TrainConfig
 from .engine import Engine, forward_step, logs_rate, update_values
 from .errors import WsramError
+from .methods import METHODS
 from .policy import drawing_from
+from .registry import spec_for
 from .schedule import lr_factor
 
 #: config keys in which the runs of one stack may differ; every other key is shared
@@ -44,6 +46,11 @@ def stack_problem(cfgs: list[TrainConfig]) -> str | None:
     first = cfgs[0]
     if len({type(c) for c in cfgs}) > 1:
         return "the runs are of different tasks"
+    spec = spec_for(first)
+    if not spec.stackable:
+        return f"runs of the {spec.name} task are not stacked (train them one by one)"
+    if first.method not in METHODS:
+        return f"{first.method} is a baseline of the task's own, not stacked"
     for f in fields(first):
         if f.name not in STACK_KEYS and any(getattr(c, f.name) != getattr(first, f.name)
                                             for c in cfgs):
