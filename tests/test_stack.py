@@ -218,3 +218,24 @@ def test_train_takes_several_seeds_and_rates_as_one_stack(cli, tmp_path: Path) -
                          "--lrs", "0.001", "0.003", "--steps", "5", "--no-progress")
     assert code == 0, err
     assert [json.loads(line)["last_step"] for line in out.splitlines()] == [5] * 4
+
+
+@pytest.mark.slow
+def test_compare_trains_each_variants_runs_in_stacks(tmp_path: Path) -> None:
+    from wsram.study.commands import compare
+    from wsram.study.plan import Plan
+
+    base = make_config(dict(TINY, log_every=2, eval_every=0, checkpoint_every=4,
+                            diag_every=0, steps=4))
+    out = tmp_path / "study"
+    plan = Plan(grid=["var+c"], lrs=[0.001, 0.003], seeds=[0, 1], explore=False)
+    res = compare(base, out, plan, progress=False, stack_size=2)
+    names = [f"lr{lr}-seed{s}" for lr in ("0.001", "0.003") for s in (0, 1)]
+    assert set(res["runs"]) == {f"var+c/{n}" for n in names}
+    assert json.loads((out / "var+c" / STACK_FILE).read_text())["runs"] == names
+    for n in names:
+        assert RunDir(out / "var+c" / n).read_metrics()[-1]["step"] == 4
+        assert RunDir(out / "var+c" / n).eval_file().is_file()
+    before = {p: p.read_text() for p in out.glob("*/*/metrics.jsonl")}
+    compare(base, out, plan, progress=False, stack_size=2)  # finished: left as they are
+    assert before == {p: p.read_text() for p in out.glob("*/*/metrics.jsonl")}

@@ -41,6 +41,17 @@ STACK_KEYS = ("seed", "lr", "baseline_lr", "grad_clip", "cv_gamma", "entropy", "
               "eval_every", "log_every", "diag_every", "checkpoint_every", "max_nonfinite")
 
 
+#: runs per stack that ``wsram compare`` trains by default, per device type: measured
+#: with ``benchmarks/stacked.py`` (docs/performance.md, Stacked runs). On the CPU a stack
+#: is slower than one process per run, so none; on CUDA not measured yet, so none until
+#: ``benchmarks/stacked.py --device cuda`` says otherwise.
+DEFAULT_STACK_SIZE = {"cpu": 1, "cuda": 1}
+
+
+def default_stack_size(device: str) -> int:
+    return DEFAULT_STACK_SIZE.get(device.split(":")[0], 1)
+
+
 def stack_problem(cfgs: list[TrainConfig]) -> str | None:
     """Why these configs cannot train as one stack (None: they can)."""
     first = cfgs[0]

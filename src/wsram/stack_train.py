@@ -55,13 +55,15 @@ from .train import (
 )
 
 
-def train_stack(cfgs: list[TrainConfig], run_dirs: list[str | Path], resume: bool = False,
-                overwrite: bool = False, progress: bool = True,
-                parent: str | Path | None = None) -> list[dict[str, Any]]:
+def train_stack(cfgs: list[TrainConfig], run_dirs: list[str | Path],
+                resume: bool | list[bool] = False, overwrite: bool = False,
+                progress: bool = True, parent: str | Path | None = None,
+                ) -> list[dict[str, Any]]:
     """Train the runs ``cfgs`` (one method, differing only in ``stack.STACK_KEYS``) as one
     stack into ``run_dirs``; return each run's last logged metrics (``stopped_by``,
-    ``error`` for a run stopped by non-finite updates). ``parent``: the folder holding
-    the runs, marked as a stack's (``RunDir``'s stack file)."""
+    ``error`` for a run stopped by non-finite updates). ``resume``: for all runs or each
+    (a run without a checkpoint starts afresh). ``parent``: the folder holding the runs,
+    marked as a stack's (``RunDir``'s stack file)."""
     for cfg in cfgs:
         cfg.validate()
     problem = stack_problem(cfgs)
@@ -75,8 +77,9 @@ def train_stack(cfgs: list[TrainConfig], run_dirs: list[str | Path], resume: boo
     with contextlib.ExitStack() as held:
         old = _interrupt_on(*_START_SIGNALS)
         try:
-            resumes = [_claim(c, d, resume, overwrite, held) for c, d in zip(cfgs, dirs,
-                                                                              strict=True)]
+            flags = resume if isinstance(resume, list) else [resume] * len(cfgs)
+            resumes = [_claim(c, d, r, overwrite, held)
+                       for c, d, r in zip(cfgs, dirs, flags, strict=True)]
         finally:
             _restore(old)
         if parent is not None:

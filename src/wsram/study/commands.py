@@ -18,6 +18,7 @@ from wsram.cli import add_config_options, config_from_args, positive
 from wsram.config import load_yaml
 from wsram.errors import WsramError
 from wsram.methods import METHODS
+from wsram.stack import default_stack_size
 from wsram.study.executor import evaluate_if_stale, train_runs
 from wsram.study.plan import EXPLORE, Plan, check_study, default_plan
 from wsram.study.report import write_results
@@ -30,15 +31,16 @@ from wsram.study.results import (
 
 
 def compare(base: ClassificationConfig, out_dir: str | Path, plan: Plan, jobs: int = 1,
-            progress: bool = True) -> dict[str, Any]:
-    """Train the study's runs into ``out_dir`` (resumable), evaluate them, write results."""
+            progress: bool = True, stack_size: int = 1) -> dict[str, Any]:
+    """Train the study's runs into ``out_dir`` (resumable; each variant's runs in stacks of
+    up to ``stack_size``), evaluate them, write results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_study(base, out_dir)
-    train_runs(base, out_dir, plan.grid_runs(), jobs, progress, "grid")
+    train_runs(base, out_dir, plan.grid_runs(), jobs, progress, "grid", stack_size)
     rates = {m: c["lr"] for m, c in choose_rates(discover_runs(out_dir)).items()}
     train_runs(base, out_dir, plan.chosen_runs(rates, base.lr), jobs, progress,
-               "at chosen rates")
+               "at chosen rates", stack_size)
     for run_dir in sorted(r.dir for r in discover_runs(out_dir)):
         evaluate_if_stale(run_dir)
     shared = variance_at_shared_parameters(out_dir, rates)
@@ -66,6 +68,11 @@ def add_commands(sub: Any) -> None:
                    "var+c's, wsram at wsram+c's, wsram+q at wsram+q+c's, vimco at var+c's")
     c.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="runs trained in parallel processes")
+    c.add_argument("--stack-size", type=int, metavar="N",
+                   help="train each variant's runs in stacks of up to N, as one program in "
+                   "this process (default: per device, as measured: 1 on a CPU)")
+    c.add_argument("--no-stack", action="store_true",
+                   help="one process per run (as --stack-size 1)")
     c.add_argument("--no-explore", action="store_true",
                    help="skip the exploration-heuristics study (paper Figure 4)")
     c.add_argument("--plot-only", metavar="DIR",
@@ -88,7 +95,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
         base = config_from_args(args, ClassificationConfig)
         plan = default_plan(base, args.seeds, args.lrs, args.methods, args.at_chosen_rate,
                             explore=not args.no_explore)
-        compare(base, args.out, plan, jobs=args.jobs, progress=not args.no_progress)
+        stack = 1 if args.no_stack else args.stack_size or default_stack_size(base.device)
+        compare(base, args.out, plan, jobs=args.jobs, progress=not args.no_progress,
+                stack_size=stack)
         out = Path(args.out)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, {out / 'results.json'} and figures in {out}")
@@ -103,6 +112,7 @@ def _check_compare_args(args: argparse.Namespace) -> None:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise WsramError(f"{args.out}: exists and is not a folder")
     positive("jobs", args.jobs)
+    positive("stack-size", args.stack_size)
     for m in [*(args.methods or []), *args.at_chosen_rate]:
         if m not in METHODS or not METHODS[m].attends:
             raise WsramError(f"compare: unknown attention method {m!r}; choose from "

@@ -29,6 +29,7 @@ from wsram.classification.evaluate import evaluate_run
 from wsram.config import replace
 from wsram.errors import WsramError
 from wsram.run_dir import RunDir, check_resume
+from wsram.stack_train import train_stack
 from wsram.study.plan import Run
 from wsram.train import StopRequest, train
 
@@ -36,13 +37,17 @@ Running = list[tuple[str, subprocess.Popen]]
 
 
 def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs: int,
-               progress: bool, label: str = "runs") -> None:
-    """Train (or resume) each run, ``jobs`` at a time in separate processes; runs that
-    already reached their budget are left as they are (their checkpoints need not exist:
-    a study's committed files hold only config, metrics and test errors)."""
+               progress: bool, label: str = "runs", stack_size: int = 1) -> None:
+    """Train (or resume) each run, ``jobs`` at a time in separate processes, or, with
+    ``stack_size`` > 1, the runs of each variant in stacks of up to that many in this
+    process; runs that already reached their budget are left as they are (their
+    checkpoints need not exist: a study's committed files hold only config, metrics and
+    test errors)."""
     cfgs = {r.folder: r.config(base) for r in runs}
     cfgs = {name: cfg for name, cfg in cfgs.items() if not _finished(cfg, out_dir / name)}
-    if jobs <= 1:
+    if stack_size > 1:
+        _train_stacks(cfgs, out_dir, stack_size, progress)
+    elif jobs <= 1:
         for name, cfg in cfgs.items():
             print(f"== {name}", file=sys.stderr, flush=True)
             row = train(cfg, out_dir / name, resume=_resumable(cfg, out_dir / name),
@@ -51,6 +56,30 @@ def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs:
                 raise KeyboardInterrupt
     else:
         _run_parallel(cfgs, out_dir, jobs, progress, label, already=len(runs) - len(cfgs))
+
+
+def _train_stacks(cfgs: dict[str, ClassificationConfig], out_dir: Path, size: int,
+                  progress: bool) -> None:
+    """The runs of each variant (its folder) in stacks of up to ``size``, one stack after
+    another in this process (stack_train.py); a signal stops them all, and runs stopped
+    by non-finite updates are named at the end."""
+    by_variant: dict[Path, list[str]] = {}
+    for name in cfgs:
+        by_variant.setdefault(Path(name).parent, []).append(name)
+    failed = []
+    for variant, names in by_variant.items():
+        for i in range(0, len(names), size):
+            part = names[i:i + size]
+            print(f"== {variant}: a stack of {len(part)}", file=sys.stderr, flush=True)
+            rows = train_stack([cfgs[n] for n in part], [out_dir / n for n in part],
+                               resume=[_resumable(cfgs[n], out_dir / n) for n in part],
+                               progress=progress, parent=out_dir / variant)
+            failed += [n for n, r in zip(part, rows, strict=True) if "error" in r]
+            if any(r["stopped_by"] not in ("finished", "time limit", "non-finite")
+                   for r in rows):
+                raise KeyboardInterrupt
+    if failed:
+        raise WsramError(f"runs stopped by non-finite updates: {', '.join(failed)}")
 
 
 def _finished(cfg: ClassificationConfig, run_dir: Path) -> bool:
