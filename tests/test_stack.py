@@ -239,3 +239,15 @@ def test_compare_trains_each_variants_runs_in_stacks(tmp_path: Path) -> None:
     before = {p: p.read_text() for p in out.glob("*/*/metrics.jsonl")}
     compare(base, out, plan, progress=False, stack_size=2)  # finished: left as they are
     assert before == {p: p.read_text() for p in out.glob("*/*/metrics.jsonl")}
+
+
+def test_a_stack_that_fails_to_start_leaves_no_half_folders(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    def broken(self, models, engines):
+        raise WsramError("broken on purpose")
+
+    monkeypatch.setattr(StackEngine, "__init__", broken)
+    dirs = [tmp_path / "p" / n for n in "ab"]
+    with pytest.raises(WsramError, match="broken on purpose"):
+        train_stack(_cfgs(2, steps=3), dirs, progress=False)
+    assert not any(d.exists() for d in dirs)

@@ -35,10 +35,12 @@ from .run_dir import (
     RunLock,
     check_resume,
     clean_run_dir,
+    entries_before_start,
     in_use_message,
     lock_holder,
     mark_stack,
     prepare_run_dir,
+    remove_failed_start,
     save_config,
     saved_horizon,
 )
@@ -74,17 +76,24 @@ def train_stack(cfgs: list[TrainConfig], run_dirs: list[str | Path],
     dirs = [Path(d) for d in run_dirs]
     if len(set(dirs)) != len(dirs):
         raise WsramError("a stack's runs need a folder each")
-    with contextlib.ExitStack() as held:
-        old = _interrupt_on(*_START_SIGNALS)
-        try:
-            flags = resume if isinstance(resume, list) else [resume] * len(cfgs)
-            resumes = [_claim(c, d, r, overwrite, held)
-                       for c, d, r in zip(cfgs, dirs, flags, strict=True)]
-        finally:
-            _restore(old)
-        if parent is not None:
-            mark_stack(Path(parent), dirs)
-        return run_stack(cfgs, dirs, resumes, progress)
+    before = [entries_before_start(d) for d in dirs]
+    locked: list[Path] = []  # the folders this process holds: their new files are its own
+    try:
+        with contextlib.ExitStack() as held:
+            old = _interrupt_on(*_START_SIGNALS)
+            try:
+                flags = resume if isinstance(resume, list) else [resume] * len(cfgs)
+                resumes = [_claim(c, d, r, overwrite, held, locked)
+                           for c, d, r in zip(cfgs, dirs, flags, strict=True)]
+            finally:
+                _restore(old)
+            if parent is not None:
+                mark_stack(Path(parent), dirs)
+            return run_stack(cfgs, dirs, resumes, progress)
+    except BaseException:  # as a single run: a start that failed leaves no half folder
+        for d, b in zip(dirs, before, strict=True):
+            remove_failed_start(d, b, d in locked)
+        raise
 
 
 #: signals that end a start as Ctrl-C does, until the loop's own handler takes over
@@ -92,7 +101,7 @@ _START_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _claim(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool,
-           held: contextlib.ExitStack) -> bool:
+           held: contextlib.ExitStack, locked: list[Path]) -> bool:
     """Check and lock one run's folder as :func:`wsram.train.train` does; return whether
     it resumes (a folder without a checkpoint starts afresh)."""
     check = spec_for(cfg).check_inputs
@@ -107,6 +116,7 @@ def _claim(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool,
     if resume:
         check_resume(cfg, run_dir)
     held.enter_context(RunLock(run_dir))
+    locked.append(run_dir)
     clean_run_dir(run_dir, overwrite and not resume and not afresh, partial=afresh)
     return resume
 
