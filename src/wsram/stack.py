@@ -226,6 +226,11 @@ class StackEngine:
                         "exp_avg": adam.exp_avg[n][r].clone(),
                         "exp_avg_sq": adam.exp_avg_sq[n][r].clone()}
 
+    def release(self, r: int) -> None:
+        """Drop the copy of run r's Adam state that :meth:`write_back` made (once saved)."""
+        for opt in self._opts(self.engines[r]):
+            opt.state.clear()
+
     def keep(self, runs: list[int]) -> None:
         """Go on with these runs only (the others finished or stopped)."""
         idx = torch.tensor(runs, dtype=torch.long)

@@ -222,6 +222,7 @@ def _after(run: _Run, engine: StackEngine, j: int, applied: bool, values: dict[s
     if _needs_model(state):
         engine.write_back(j)
     run.last_row = after_update(state, run.run_dir, run.log, bar) or run.last_row
+    engine.release(j)  # its checkpoint holds it; the stack's own is the one that moves on
     if state.step >= cfg.steps:
         run.reason = "finished"
     elif time.perf_counter() >= run.deadline(started):
