@@ -219,6 +219,19 @@ def test_train_takes_several_seeds_and_rates_as_one_stack(cli, tmp_path: Path) -
     cfg = RunDir(parent / "lr0.003-seed1").read_config()
     assert cfg["lr"] == 0.003 and cfg["seed"] == 1
     assert err.count("wsram: finished 3 updates") == 4
+    # A stacked run's checkpoint is a single run's: the same keys, the same optimiser state
+    single = tmp_path / "single"
+    code, _, err = cli("train", "--run-dir", str(single), "--method", "var+c", "--seed", "1",
+                       "--lr", "0.003", *flags(dict(FAST, steps=3)), "--no-progress")
+    assert code == 0, err
+    a = torch.load(RunDir(parent / "lr0.003-seed1").last, weights_only=True)
+    b = torch.load(RunDir(single).last, weights_only=True)
+    assert set(a) == set(b) and a["config"] == b["config"] and a["step"] == b["step"]
+    for opt in ("optimizer", "baseline_optimizer"):
+        assert a[opt]["param_groups"] == b[opt]["param_groups"]
+        assert {i: set(s) for i, s in a[opt]["state"].items()} == \
+            {i: set(s) for i, s in b[opt]["state"].items()}
+        assert all(a[opt]["state"][i]["step"] == s["step"] for i, s in b[opt]["state"].items())
     code, out, err = cli("train", "--run-dir", str(parent), "--resume", "--seeds", "0", "1",
                          "--lrs", "0.001", "0.003", "--steps", "5", "--no-progress")
     assert code == 0, err
