@@ -269,3 +269,11 @@ def test_a_stack_that_fails_to_start_leaves_no_half_folders(tmp_path: Path,
     with pytest.raises(WsramError, match="broken on purpose"):
         train_stack(_cfgs(2, steps=3), dirs, progress=False)
     assert not any(d.exists() for d in dirs)
+
+
+def test_compare_refuses_a_stack_size_below_one(cli, tmp_path: Path) -> None:
+    code, _, err = cli("compare", "--out", str(tmp_path / "s"), "--stack-size", "0")
+    assert code == 2 and "--stack-size: must be at least 1" in err
+    from wsram.stack import default_stack_size
+
+    assert default_stack_size("cpu") == 1 and default_stack_size("cuda:1") >= 1
