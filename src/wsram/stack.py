@@ -191,6 +191,8 @@ class StackEngine:
         self.params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models])
                        .requires_grad_() for n in names.values()}
         self._load_adam()
+        for r in range(len(models)):  # the stack's copy is the one that moves on
+            self.release(r)
         self.bank_size = 0  # uniforms an update draws per run; learnt from the first update
 
     def _opts(self, engine: Engine) -> list[torch.optim.Optimizer]:
