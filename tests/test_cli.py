@@ -94,6 +94,26 @@ def test_resume_continues_exactly(cli, tmp_path: Path) -> None:
                      for r in read_metrics(tmp_path / "b")]
 
 
+def test_a_checkpoint_from_before_own_action_streams_resumes_with_a_notice(
+        cli, tmp_path: Path) -> None:
+    """A last.pt without ``action_rng`` (written when actions came from the global
+    generator) resumes, saying in one line that its continuation differs from the old
+    code's; the checkpoints it then writes hold the run's own stream."""
+    run = tmp_path / "old"
+    assert cli("train", "--run-dir", str(run), "--steps", "4", "--method", "var+c",
+               *TINY)[0] == 0
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["action_rng"].dtype == torch.uint8
+    del state["action_rng"]
+    torch.save(state, run / "last.pt")
+    code, _, err = cli("train", "--run-dir", str(run), "--resume", "--steps", "6",
+                       "--no-progress")
+    assert code == 0, err
+    notice = [line for line in err.splitlines() if "own generator" in line]
+    assert len(notice) == 1 and "continuation differs from the older wsram's" in notice[0]
+    assert "action_rng" in torch.load(run / "last.pt", weights_only=True)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--method", "reinforce"], "unknown method 'reinforce'"),
     (["--samples", "0"], "samples: K must be at least 1"),

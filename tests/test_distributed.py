@@ -14,7 +14,9 @@ from wsram.classification import make_config
 from wsram.classification.data import CanvasGenerator, CanvasSpec, load_digits
 from wsram.classification.task import build_model
 from wsram.distributed import rank_seed
+from wsram.engine import action_seed
 from wsram.methods import METHODS
+from wsram.policy import ActionNoise, drawing_from
 from wsram.run_dir import read_metrics
 
 TINY = dict(TINY_BASE, log_every=1, eval_every=0, checkpoint_every=3, diag_every=0, method="var+c",
@@ -35,10 +37,8 @@ def emulate(world: int) -> dict[str, torch.Tensor]:
     cfg = make_config(TINY)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
-    streams = [torch.get_rng_state()]
-    for r in range(1, world):
-        torch.manual_seed(rank_seed(cfg.seed, r, 3))
-        streams.append(torch.get_rng_state())
+    noises = [ActionNoise(torch.Generator().manual_seed(action_seed(cfg.seed, r)))
+              for r in range(world)]
     spec = CanvasSpec(cfg.canvas_size, cfg.digit_min, cfg.digit_max)
     digits = load_digits("train", holdout_every=cfg.holdout_every)  # validation digits held out
     gens = [CanvasGenerator(digits, spec, seed=rank_seed(cfg.seed, r, 1)) for r in range(world)]
@@ -49,11 +49,10 @@ def emulate(world: int) -> dict[str, torch.Tensor]:
         opt.zero_grad()
         opt_b.zero_grad()
         for r in range(world):
-            torch.set_rng_state(streams[r])
             x, y = gens[r].sample(cfg.batch_size)
-            loss = method.objective(model.rollout(x, y, cfg.samples)).loss / world
+            with drawing_from(noises[r]):
+                loss = method.objective(model.rollout(x, y, cfg.samples)).loss / world
             loss.backward()
-            streams[r] = torch.get_rng_state()
         for group in (model.theta(), model.eta(), model.baseline_params()):
             torch.nn.utils.clip_grad_norm_(group, cfg.grad_clip)
         opt.step()

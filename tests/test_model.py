@@ -135,6 +135,34 @@ def test_policy_log_prob_and_entropy_match_torch_distributions() -> None:
         assert torch.allclose(d.entropy(), normal.entropy().sum(-1) + cat.entropy(), atol=1e-5)
 
 
+def test_actions_from_a_runs_own_noise_follow_the_policy_and_ignore_the_global_stream(
+        ) -> None:
+    """Inside ``drawing_from``, actions come from the run's generator (inverse CDFs of its
+    uniforms): the right distribution, the same numbers whatever the global generator
+    does, and drawn in two calls the same as in one."""
+    from wsram.policy import ActionNoise, drawing_from
+
+    mean = torch.tensor([[0.3, -0.5]]).expand(20000, 2)
+    logits = torch.tensor([[0.0, 1.0, -30.0, 2.0]]).expand(20000, 4)
+    d = ActionDist(mean, 0.2, logits)
+    with drawing_from(ActionNoise(torch.Generator().manual_seed(5))):
+        torch.manual_seed(0)
+        loc, scale = d.sample()
+        torch.manual_seed(1)
+        loc2, scale2 = d.sample()
+    assert torch.allclose(loc.mean(0), mean[0], atol=0.01)
+    assert torch.allclose(loc.std(0), torch.full((2,), 0.2), atol=0.01)
+    freq = torch.bincount(scale, minlength=4).float() / len(scale)
+    assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.015)
+    assert freq[2] == 0  # a scale of (nearly) zero probability is never drawn
+    g = torch.Generator().manual_seed(5)
+    with drawing_from(ActionNoise(g)):
+        torch.manual_seed(7)
+        both = ActionDist(torch.cat([mean, mean]), 0.2, torch.cat([logits, logits])).sample()
+    assert torch.equal(both[0], torch.cat([loc, loc2])) and torch.equal(both[1],
+                                                                        torch.cat([scale, scale2]))
+
+
 def test_coverage_penalty_is_zero_for_uniform_and_large_for_collapsed_locations() -> None:
     g = torch.linspace(-0.75, 0.75, 4)
     centres = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)

@@ -13,6 +13,7 @@ import os
 import sys
 import typing
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from . import __version__, registry
@@ -20,7 +21,8 @@ from .config import TrainConfig, field_help, load_yaml, make_config
 from .errors import WsramError
 from .migrate import migrate_run
 from .run_dir import CHECKPOINTS, RunDir
-from .summary import end_of_run
+from .stack_train import train_stack
+from .summary import end_of_run, stop_line
 from .terminal import guard_std_streams, unguard_std_streams
 from .train import train
 
@@ -123,6 +125,11 @@ def add_train_parser(sub: Any, help: str, cls: type[TrainConfig]) -> None:
     t.add_argument("--json", action="store_true",
                    help="also print the run's last metrics as one JSON line on stdout (for "
                    "scripts; the summary for people goes to stderr either way)")
+    t.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                   help="several seeds at once (with --lrs, every pair): one stack of runs "
+                   "trained as one program, each in its own folder DIR/lr<lr>-seed<seed>")
+    t.add_argument("--lrs", type=float, nargs="+", metavar="X",
+                   help="several learning rates at once, as --seeds")
     add_config_options(t, cls)
 
 
@@ -192,9 +199,53 @@ def positive(name: str, value: int | None) -> None:
 EXIT_STOPPED = 130
 
 
+def stack_configs(args: argparse.Namespace, cls: type[TrainConfig]) -> tuple[list[Any],
+                                                                              list[Path]]:
+    """The runs ``--seeds`` / ``--lrs`` describe: every (rate, seed), each in its folder
+    under --run-dir; with --resume, each from its own config.yaml where it has one."""
+    parent = Path(args.run_dir)
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg.")}
+    base = load_yaml(args.config) if args.config else {}
+    first = make_config(base, cls, **overrides)
+    cfgs, dirs = [], []
+    for lr in args.lrs or [first.lr]:
+        for seed in args.seeds if args.seeds is not None else [first.seed]:
+            run_dir = parent / f"lr{lr:g}-seed{seed}"
+            saved = {}
+            if args.resume and RunDir(run_dir).has_config():
+                saved = registry.read_run_config(run_dir, cls.TASK,
+                                                 "resume it with {command} train")[1]
+            cfgs.append(make_config({**base, **saved}, cls, **{**overrides, "lr": lr,
+                                                                 "seed": seed}))
+            dirs.append(run_dir)
+    return cfgs, dirs
+
+
+def cmd_train_stack(args: argparse.Namespace) -> int:
+    """``wsram train --seeds ... --lrs ...``: one stack of runs; a line per run on stderr
+    and, with ``--json``, a JSON line per run on stdout."""
+    cfgs, dirs = stack_configs(args, args.config_class)
+    rows = train_stack(cfgs, dirs, resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.no_progress, parent=args.run_dir)
+    for row in rows if args.json else ():
+        print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
+                          for k, v in row.items()}))
+    sys.stdout.flush()
+    for cfg, row in zip(cfgs, rows, strict=True):
+        if "error" not in row:
+            print(stop_line(row, cfg, row["run_dir"], registry.spec_for(cfg).command),
+                  file=sys.stderr)
+    if any("error" in row for row in rows):
+        return 2
+    done = all(row["stopped_by"] in ("finished", "time limit") for row in rows)
+    return 0 if done else EXIT_STOPPED
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``wsram train`` and ``wsram caption train``: rank 0 prints a summary for people
     (stderr) and, with ``--json``, the last metrics as one line (stdout)."""
+    if args.seeds or args.lrs:
+        return cmd_train_stack(args)
     cfg = config_from_args(args, args.config_class)
     row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.no_progress)

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from .policy import ActionDist
 
-__all__ = ["ActionTrace", "ParameterGroups", "Rollout", "device_of", "inference_network"]
+__all__ = ["ActionTrace", "ParameterGroups", "Rollout", "device_of", "inference_network",
+           "per_example"]
 
 
 @dataclass
@@ -166,3 +167,32 @@ def inference_network(readers: dict[str, nn.Module], hidden: int, actions: int,
 def device_of(x: Any) -> torch.device:
     """The device of a batch's inputs: a tensor, or a sequence of tensors."""
     return (x[0] if isinstance(x, (list, tuple)) else x).device
+
+
+class _PerExample(torch.autograd.Function):
+    """``fn(*xs)`` whose vmap rule folds the mapped dimension into the batch dimension."""
+
+    @staticmethod
+    def forward(fn: Any, *xs: Tensor) -> tuple[Tensor, ...]:
+        return tuple(fn(*xs))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[int | None, ...], fn: Any, *xs: Tensor) -> Any:
+        n = info.batch_size
+        flat = [(x.movedim(d, 0) if d is not None else x.expand(n, *x.shape)).flatten(0, 1)
+                for x, d in zip(xs, in_dims[1:], strict=True)]
+        outs = tuple(o.unflatten(0, (n, -1)) for o in fn(*flat))
+        return outs, tuple(0 for _ in outs)
+
+
+def per_example(fn: Any, *xs: Tensor) -> tuple[Tensor, ...]:
+    """``fn(*xs)`` for work on a batch of inputs that needs no gradient and treats each
+    example on its own (e.g. a glimpse sensor's pyramid): batch-first tensors in, a tuple
+    of batch-first tensors out. Under ``torch.func.vmap`` (a stack of runs, ``stack.py``)
+    the runs' batches go through ``fn`` as one batch, so that layouts vmap cannot express
+    (channels-last) and in-place writes into new tensors still work, at one call's cost."""
+    return _PerExample.apply(fn, *xs)

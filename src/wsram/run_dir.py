@@ -28,6 +28,9 @@ CHECKPOINTS = {"last": "last.pt", "best": "best.pt"}
 EVALS = {"last": "eval.json", "best": "eval_best.json"}
 #: what a run that stopped before its first checkpoint had as best.pt, kept on a restart
 EARLIER_BEST = "best-before-restart.pt"
+#: in the folder holding the runs of a stack (``stack_train.py``): marks it as a wsram
+#: folder and names its runs
+STACK_FILE = "stack.json"
 
 #: every file or folder a run may write (and ``--overwrite`` may delete); a task adds its
 #: own with :func:`register_run_files`
@@ -361,3 +364,22 @@ def truncate_metrics(path: Path, step: int) -> None:
         except json.JSONDecodeError:
             pass
     atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def mark_stack(parent: Path, run_dirs: list[Path]) -> None:
+    """Mark ``parent`` as a folder of stacked runs: its stack file lists the runs (those
+    of earlier stacks into it kept)."""
+    path = parent / STACK_FILE
+    try:
+        runs = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
+    except (OSError, json.JSONDecodeError, AttributeError):
+        runs = []
+    for d in run_dirs:
+        try:
+            name = str(d.resolve().relative_to(parent.resolve()))
+        except ValueError:
+            name = str(d.resolve())
+        if name not in runs:
+            runs.append(name)
+    parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"kind": "wsram stack", "runs": runs})

@@ -91,6 +91,10 @@ class TaskSpec:
     check_inputs: Callable[[Any], Any] | None = None
     #: files its runs hold beyond the core's (``--overwrite`` replaces them too)
     run_files: tuple[str, ...] = ()
+    #: whether several runs of it may train as one stack (``stack.py``): its batches have
+    #: the same shapes every update and its model's rollout runs under ``torch.func.vmap``
+    #: (no control flow on tensor values)
+    stackable: bool = False
     #: ``wsram migrate``: a raw config written before config files named their task ->
     #: today's raw config, or None when it is not this task's (None: no old runs exist)
     migrate: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from . import checkpoint, distributed, terminal
 from .config import TrainConfig, replace
 from .distributed import Dist
-from .engine import Engine
+from .engine import Engine, action_seed
 from .errors import CheckpointError, WsramError
 from .registry import spec_for, task_for
 from .run_dir import (
@@ -230,8 +230,13 @@ class TrainState:
             torch.set_rng_state(state["torch_rng"].cpu())  # RNG states are CPU byte tensors
             if self.device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+            if "action_rng" in state:
+                self.engine.restore_noise(state["action_rng"], f"{path}: 'action_rng'")
+            else:
+                restart_old_actions(self.engine, cfg, self.step, path)
         else:
             torch.manual_seed(distributed.rank_seed(cfg.seed, ddp.rank, 3) + self.step)
+            self.engine.restart_noise(action_seed(cfg.seed, ddp.rank) + self.step)
             self.stream = self.task.stream(
                 self.device, distributed.rank_seed(cfg.seed, ddp.rank, 1) + self.step)
 
@@ -252,6 +257,15 @@ class TrainState:
                "device": self.device.type}  # where these seconds were spent
         self.sums, self.count = {}, 0
         return row
+
+
+def restart_old_actions(engine: Engine, cfg: TrainConfig, step: int, path: Path) -> None:
+    """A checkpoint from before runs drew their actions from a generator of their own (it
+    holds no ``action_rng``): continue from a stream seeded by the seed and the update,
+    and say once that the continuation is not the one the older code would have made."""
+    engine.restart_noise(action_seed(cfg.seed) + step)
+    print(f"wsram: {path}: saved before runs drew their actions from their own generator; "
+          "resuming, but its continuation differs from the older wsram's", file=sys.stderr)
 
 
 class RunLog:

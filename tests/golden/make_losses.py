@@ -24,6 +24,11 @@ CAPTION = ["--num-train", "40", "--num-val", "12", "--num-test", "10", "--hidden
            "--diag-every", "0", "--threads", "1", "--steps", "6", "--encoder-steps", "20",
            "--no-progress"]
 METHODS = ("var", "var+c", "wsram+c", "wsram+q+c", "vimco", "cnn")
+#: why the numbers last moved, kept in the file beside them
+NOTE = ("Retaken when training updates started drawing their actions from a generator of "
+        "the run's own (policy.ActionNoise: uniforms through inverse CDFs) instead of the "
+        "global generator's randn/multinomial, so that a stack of runs draws each run's "
+        "own actions (issue #20). Same distributions, other numbers; the CNN's are unchanged.")
 
 
 def _sequence(run: Path) -> dict:
@@ -55,6 +60,6 @@ def torch_build() -> str:
 
 
 if __name__ == "__main__":
-    data = {"torch": torch_build(), "runs": losses()}
+    data = {"torch": torch_build(), "note": NOTE, "runs": losses()}
     (HERE / "losses.json").write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {HERE / 'losses.json'} ({data['torch']})")

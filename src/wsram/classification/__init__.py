@@ -26,7 +26,7 @@ SPEC = register(TaskSpec(
     name="classification", noun="classification", command="wsram",
     config_class=ClassificationConfig, task_class=ClassificationTask,
     add_commands=add_commands, summary_lines=summary_lines, migrate=migrate_config,
-    check_inputs=check_inputs, run_files=(GLIMPSES,),
+    check_inputs=check_inputs, run_files=(GLIMPSES,), stackable=True,
 ))
 
 __all__ = ["SPEC", "AttentionModel", "ClassificationConfig", "ClassificationTask",

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..policy import ActionDist
-from ..rollout import ActionTrace, ParameterGroups, Rollout, inference_network
+from ..rollout import ActionTrace, ParameterGroups, Rollout, inference_network, per_example
 from .glimpse import GlimpseSensor, area_resize
 
 
@@ -96,6 +96,12 @@ class AttentionModel(ParameterGroups, nn.Module):
         where_in = torch.cat([loc, F.one_hot(scale, self.num_scales).to(loc.dtype)], -1)
         return what * F.relu(self.glimpse_where(where_in))
 
+    def read_canvas(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """What the sensor reads (its atlas of the pyramid) and the context network's
+        low-resolution copy, from x (B, C, H, W); no parameters."""
+        *levels, low = self.sensor.pyramid(x, also=(self.context_size,))
+        return self.sensor.atlas(levels), low
+
     def predict_baseline(self, context: Tensor) -> Tensor:
         """b(x), (B,), from the context features with gradient stopped."""
         return self.baseline(context.detach()).squeeze(-1)
@@ -122,8 +128,7 @@ class AttentionModel(ParameterGroups, nn.Module):
         B, K = x.shape[0], num_samples
         trace = ActionTrace((B, K), x.device, proposal, temperature, deterministic)
         if inputs is None:
-            *levels, low = self.sensor.pyramid(x, also=(self.context_size,))
-            image = self.sensor.atlas(levels)
+            image, low = per_example(self.read_canvas, x)
             context = self.forward_context(x, low)  # (B, D)
         else:
             image, context = inputs[0], inputs[1].detach()

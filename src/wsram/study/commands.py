@@ -22,8 +22,11 @@ from wsram.config import load_yaml
 from wsram.errors import WsramError
 from wsram.methods import METHODS
 from wsram.run_dir import mark, refuse_foreign
+from wsram.stack import default_stack_size
 from wsram.study.executor import (
     Executor,
+    LocalProcesses,
+    LocalStacks,
     evaluate_if_stale,
     last_logged_step,
     seconds_per_update,
@@ -88,6 +91,11 @@ def add_commands(sub: Any) -> None:
                    help="also train var+c and wsram+q+c with the exploration heuristics on, "
                    "at their chosen rates (paper Figure 4)")
     c.add_argument("--no-explore", action="store_true", help=argparse.SUPPRESS)  # the default
+    c.add_argument("--stack-size", type=int, metavar="N",
+                   help="train each variant's runs in stacks of up to N, as one program in "
+                   "this process (default: per device, as measured: 1 on a CPU)")
+    c.add_argument("--no-stack", action="store_true",
+                   help="one process per run (as --stack-size 1)")
     c.add_argument("--max-step", type=int, metavar="N",
                    help="with --plot-only: compare training curves up to update N only")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -109,12 +117,19 @@ def cmd_compare(args: argparse.Namespace) -> None:
         base = config_from_args(args, ClassificationConfig)
         plan = default_plan(base, args.seeds, args.lrs, args.methods, args.at_chosen_rate,
                             explore=args.explore)
-        executor = slurm_from_args(args, base)
-        announce(plan, base, Path(args.out), args.jobs, executor is None)
+        executor = slurm_from_args(args, base) or local_executor(args, base)
+        announce(plan, base, Path(args.out), args.jobs, isinstance(executor, LocalProcesses))
         compare(base, args.out, plan, jobs=args.jobs, progress=not args.no_progress,
                 executor=executor)
         out = Path(args.out)
     print("\n".join(headline(out)))
+
+
+def local_executor(args: argparse.Namespace, base: ClassificationConfig) -> Executor:
+    """Stacks of ``--stack-size`` runs (default: the device's measured best), or
+    ``--jobs`` processes of one run each."""
+    size = 1 if args.no_stack else args.stack_size or default_stack_size(base.device)
+    return LocalStacks(size) if size > 1 else LocalProcesses(args.jobs)
 
 
 def announce(plan: Plan, base: ClassificationConfig, out: Path, jobs: int,
@@ -161,6 +176,7 @@ def _check_compare_args(args: argparse.Namespace) -> None:
     if args.max_step is not None:
         raise WsramError("--max-step goes with --plot-only DIR (it redraws, trains nothing)")
     positive("jobs", args.jobs)
+    positive("stack-size", args.stack_size)
     for m in [*(args.methods or []), *args.at_chosen_rate]:
         if m not in METHODS or not METHODS[m].attends:
             raise WsramError(f"compare: unknown attention method {m!r}; choose from "

@@ -37,6 +37,7 @@ from wsram.distributed import Dist
 from wsram.engine import Engine
 from wsram.errors import WsramError
 from wsram.run_dir import RunDir, check_resume
+from wsram.stack_train import train_stack
 from wsram.study.plan import Run
 from wsram.train import StopRequest, train
 
@@ -88,6 +89,35 @@ def train_runs(base: ClassificationConfig, out_dir: Path, runs: list[Run], jobs:
     if cfgs:
         (executor or LocalProcesses(jobs)).train(cfgs, out_dir, progress, label,
                                                  already=len(runs) - len(cfgs))
+
+
+@dataclass(frozen=True)
+class LocalStacks:
+    """The runs on this machine, each variant's (its folder's) in stacks of up to ``size``
+    trained as one program, one stack after another in this process (``stack_train.py``);
+    a signal stops them all, and runs stopped by non-finite updates are named at the end."""
+
+    size: int
+
+    def train(self, cfgs: dict[str, ClassificationConfig], out_dir: Path, progress: bool,
+              label: str = "runs", already: int = 0) -> None:
+        by_variant: dict[Path, list[str]] = {}
+        for name in cfgs:
+            by_variant.setdefault(Path(name).parent, []).append(name)
+        failed = []
+        for variant, names in by_variant.items():
+            for i in range(0, len(names), self.size):
+                part = names[i:i + self.size]
+                print(f"== {variant}: a stack of {len(part)}", file=sys.stderr, flush=True)
+                rows = train_stack([cfgs[n] for n in part], [out_dir / n for n in part],
+                                   resume=[resumable(cfgs[n], out_dir / n) for n in part],
+                                   progress=progress, parent=out_dir / variant)
+                failed += [n for n, r in zip(part, rows, strict=True) if "error" in r]
+                if any(r["stopped_by"] not in ("finished", "time limit", "non-finite")
+                       for r in rows):
+                    raise KeyboardInterrupt
+        if failed:
+            raise WsramError(f"runs stopped by non-finite updates: {', '.join(failed)}")
 
 
 def seconds_per_update(base: ClassificationConfig, methods: list[str], threads: int,
