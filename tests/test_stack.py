@@ -241,13 +241,14 @@ def test_train_takes_several_seeds_and_rates_as_one_stack(cli, tmp_path: Path) -
 @pytest.mark.slow
 def test_compare_trains_each_variants_runs_in_stacks(tmp_path: Path) -> None:
     from wsram.study.commands import compare
+    from wsram.study.executor import LocalStacks
     from wsram.study.plan import Plan
 
     base = make_config(dict(TINY, log_every=2, eval_every=0, checkpoint_every=4,
                             diag_every=0, steps=4))
     out = tmp_path / "study"
     plan = Plan(grid=["var+c"], lrs=[0.001, 0.003], seeds=[0, 1], explore=False)
-    res = compare(base, out, plan, progress=False, stack_size=2)
+    res = compare(base, out, plan, progress=False, executor=LocalStacks(2))
     names = [f"lr{lr}-seed{s}" for lr in ("0.001", "0.003") for s in (0, 1)]
     assert set(res["runs"]) == {f"var+c/{n}" for n in names}
     assert json.loads((out / "var+c" / STACK_FILE).read_text())["runs"] == names
@@ -255,7 +256,7 @@ def test_compare_trains_each_variants_runs_in_stacks(tmp_path: Path) -> None:
         assert RunDir(out / "var+c" / n).read_metrics()[-1]["step"] == 4
         assert RunDir(out / "var+c" / n).eval_file().is_file()
     before = {p: p.read_text() for p in out.glob("*/*/metrics.jsonl")}
-    compare(base, out, plan, progress=False, stack_size=2)  # finished: left as they are
+    compare(base, out, plan, progress=False, executor=LocalStacks(2))  # finished: left as they are
     assert before == {p: p.read_text() for p in out.glob("*/*/metrics.jsonl")}
 
 
