@@ -312,7 +312,7 @@ def test_no_training_into_a_folder_of_the_users_or_a_file(cli, tmp_path: Path) -
     study.mkdir()
     (study / ".wsram").write_text("study\n")
     code, _, err = cli("train", "--run-dir", str(study), "--steps", "2", *TINY)
-    assert code == 2 and "the folder of a study" in err, err
+    assert code == 2 and "the parent folder of a study's or a stack's runs" in err, err
 
 
 def test_a_config_file_of_another_task_is_named_as_such(cli, tmp_path: Path) -> None:
@@ -329,3 +329,11 @@ def test_a_config_file_of_another_task_is_named_as_such(cli, tmp_path: Path) -> 
     assert not (tmp_path / "c").exists()
     for f in root.glob("*.yaml"):
         assert "\ntask: " in f.read_text(), f
+
+
+def test_compare_refuses_a_run_folder_as_its_out(cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert cli("train", "--run-dir", str(run), "--steps", "2", *TINY)[0] == 0
+    code, _, err = cli("compare", "--out", str(run), "--methods", "var+c", "--steps", "2",
+                       *TINY)
+    assert code == 2 and "holds a run, not a study's runs" in err, err

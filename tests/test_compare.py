@@ -140,12 +140,13 @@ def test_the_plan_is_printed_before_anything_trains(tmp_path: Path, capsys) -> N
     --diag-every would leave empty, and a time estimate from timed updates."""
     from wsram.classification import make_config
     from wsram.study.commands import announce
+    from wsram.study.executor import LocalProcesses
     from wsram.study.plan import default_plan
 
     base = make_config(None, **dict(zip([a[2:].replace("-", "_") for a in TINY[0:-1:2]],
                                         TINY[1:-1:2], strict=True)), steps=3)
     plan = default_plan(base, [0, 1], [1e-3, 3e-3], ["var+c", "wsram+c"], ["var"])
-    announce(plan, base, tmp_path / "c", 2, True)
+    announce(plan, base, tmp_path / "c", 2, LocalProcesses(2))
     err = capsys.readouterr().err
     assert "compare: 10 runs of 3 updates each" in err
     assert "grid: var+c, wsram+c at lr 0.001 0.003, seeds 0 1 (8 runs)" in err

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -312,9 +313,12 @@ def test_classes_and_channels_come_from_the_data(tmp_path: Path, cli) -> None:
     code, _, err = cli("train", "--run-dir", str(tmp_path / "g"), "--source", "folder",
                        "--data-dir", str(grey), *TINY)
     assert code == 0 and "3 classes (a, b, c), 1 channel; " in err, err
+    code, _, err = cli("train", "--run-dir", str(tmp_path / "grey-of-rgb"), "--source",
+                       "folder", "--data-dir", str(rgb), "--channels", "1", *TINY)
+    assert code == 0 and "2 classes (cat, dog), 1 channel; " in err, err  # converted, as asked
     for args, message in (
-            (["--source", "folder", "--data-dir", str(rgb), "--channels", "1"],
-             "holds 3 channels (some images have colour) but --channels is 1"),
+            (["--source", "npz", "--data-dir", str(arrays(tmp_path / "c.npz")), "--channels",
+              "1"], "holds 3 channels (x's channel axis) but --channels is 1"),
             (["--source", "folder", "--data-dir", str(grey), "--num-classes", "2"],
              "holds 3 classes but --num-classes is 2"),
             (["--data-dir", str(rgb)], "(for an image folder of your own, give --source folder)"),
@@ -324,3 +328,26 @@ def test_classes_and_channels_come_from_the_data(tmp_path: Path, cli) -> None:
         code, _, err = cli("train", "--run-dir", str(tmp_path / "x"), *args, *TINY)
         assert code == 2 and message in err and err.count("\n") == 1, (args, err)
         assert not (tmp_path / "x").exists()
+
+
+def test_a_stack_of_runs_on_own_arrays_takes_its_shape_from_the_data(tmp_path: Path,
+                                                                     cli) -> None:
+    """``--seeds`` on a .npz: every run of the stack gets the data's channels and classes;
+    a parent folder of the user's own files is refused before anything is written."""
+    import yaml
+
+    data = arrays(tmp_path / "a.npz")
+    code, _, err = cli("train", "--run-dir", str(tmp_path / "s"), "--source", "npz",
+                       "--data-dir", str(data), "--seeds", "0", "1", *TINY)
+    assert code == 0, err
+    for seed in (0, 1):
+        saved = yaml.safe_load((tmp_path / "s" / f"lr0.001-seed{seed}" / "config.yaml")
+                               .read_text())
+        assert (saved["channels"], saved["num_classes"]) == (3, 3)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code, _, err = cli("train", "--run-dir", str(mine), "--source", "npz", "--data-dir",
+                       str(data), "--seeds", "0", "1", *TINY)
+    assert code == 2 and "holds files that are not wsram runs" in err, err
+    assert os.listdir(mine) == ["notes.txt"]

@@ -214,7 +214,7 @@ def test_train_takes_several_seeds_and_rates_as_one_stack(cli, tmp_path: Path) -
     rows = [json.loads(line) for line in out.splitlines()]
     names = ["lr0.001-seed0", "lr0.001-seed1", "lr0.003-seed0", "lr0.003-seed1"]
     assert [Path(r["run_dir"]).name for r in rows] == names
-    assert all(r["stopped_by"] == "finished" and r["last_step"] == 3 for r in rows)
+    assert all(r["stopped_by"] == "finished" and r["step"] == 3 for r in rows)
     assert json.loads((parent / STACK_FILE).read_text())["runs"] == names
     cfg = RunDir(parent / "lr0.003-seed1").read_config()
     assert cfg["lr"] == 0.003 and cfg["seed"] == 1
@@ -235,7 +235,7 @@ def test_train_takes_several_seeds_and_rates_as_one_stack(cli, tmp_path: Path) -
     code, out, err = cli("train", "--run-dir", str(parent), "--resume", "--seeds", "0", "1",
                          "--lrs", "0.001", "0.003", "--steps", "5", "--no-progress", "--json")
     assert code == 0, err
-    assert [json.loads(line)["last_step"] for line in out.splitlines()] == [5] * 4
+    assert [json.loads(line)["step"] for line in out.splitlines()] == [5] * 4
 
 
 @pytest.mark.slow

@@ -125,11 +125,15 @@ def add_train_parser(sub: Any, help: str, cls: type[TrainConfig]) -> None:
     t.add_argument("--json", action="store_true",
                    help="also print the run's last metrics as one JSON line on stdout (for "
                    "scripts; the summary for people goes to stderr either way)")
-    t.add_argument("--seeds", type=int, nargs="+", metavar="N",
-                   help="several seeds at once (with --lrs, every pair): one stack of runs "
-                   "trained as one program, each in its own folder DIR/lr<lr>-seed<seed>")
-    t.add_argument("--lrs", type=float, nargs="+", metavar="X",
-                   help="several learning rates at once, as --seeds")
+    stackable = registry.tasks()[cls.TASK].stackable
+    t.set_defaults(seeds=None, lrs=None)
+    if stackable:  # only tasks whose runs can train as one stack offer it
+        t.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                       help="several seeds at once (with --lrs, every pair): one stack of "
+                       "runs trained as one program, each in its own folder "
+                       "DIR/lr<lr>-seed<seed>")
+        t.add_argument("--lrs", type=float, nargs="+", metavar="X",
+                       help="several learning rates at once, as --seeds")
     add_config_options(t, cls)
 
 
@@ -205,7 +209,7 @@ def stack_configs(args: argparse.Namespace, cls: type[TrainConfig]) -> tuple[lis
     under --run-dir; with --resume, each from its own config.yaml where it has one."""
     parent = Path(args.run_dir)
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg.")}
-    base = load_yaml(args.config) if args.config else {}
+    base = read_config_file(args.config, cls) if args.config else {}
     first = make_config(base, cls, **overrides)
     cfgs, dirs = [], []
     for lr in args.lrs or [first.lr]:
@@ -227,9 +231,8 @@ def cmd_train_stack(args: argparse.Namespace) -> int:
     cfgs, dirs = stack_configs(args, args.config_class)
     rows = train_stack(cfgs, dirs, resume=args.resume, overwrite=args.overwrite,
                        progress=not args.no_progress, parent=args.run_dir)
-    for row in rows if args.json else ():
-        print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
-                          for k, v in row.items()}))
+    for row in rows if args.json else ():  # as a single run's line, with its folder
+        print(json.dumps(json_row(row) if "step" in row else row, default=str))
     sys.stdout.flush()
     for cfg, row in zip(cfgs, rows, strict=True):
         if "error" not in row:

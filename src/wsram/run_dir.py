@@ -135,17 +135,22 @@ def refuse_foreign(folder: Path, kind: str, option: str) -> None:
     if not folder.is_dir():
         return
     names = sorted(n for n in os.listdir(folder) if n not in (MARKER, LOCK, ".write-test"))
-    known = set(RUN_FILES) if kind == "run" else set(RUN_FILES) | {"results.json"}
+    known = set(RUN_FILES) if kind == "run" else {"results.json", STACK_FILE}
     ours = marker_kind(folder) is not None or any(n in known for n in names)
-    if kind == "study":  # a study from before markers: its runs' folders hold configs
-        ours = ours or any(RunDir(p).has_config() for p in folder.glob("*/*"))
+    if kind == "study":  # a study or stack from before markers: its runs hold configs
+        ours = ours or any(RunDir(p).has_config() for p in [*folder.glob("*"),
+                                                             *folder.glob("*/*")])
     if names and not ours:
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-        raise WsramError(f"{folder}: holds files that are not a wsram {kind} ({shown}); give "
+        what = "a wsram run" if kind == "run" else "wsram runs (a study's or a stack's)"
+        raise WsramError(f"{folder}: holds files that are not {what} ({shown}); give "
                          f"{option} a new or empty folder")
     if kind == "run" and marker_kind(folder) == "study":
-        raise WsramError(f"{folder}: the folder of a study (wsram compare), not a run; give "
-                         f"{option} a folder of its own")
+        raise WsramError(f"{folder}: the parent folder of a study's or a stack's runs, not a "
+                         f"run; give {option} a folder of its own")
+    if kind == "study" and (marker_kind(folder) == "run" or RunDir(folder).has_config()):
+        raise WsramError(f"{folder}: holds a run, not a study's runs; give {option} a "
+                         "folder of its own")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool,
@@ -383,3 +388,4 @@ def mark_stack(parent: Path, run_dirs: list[Path]) -> None:
             runs.append(name)
     parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"kind": "wsram stack", "runs": runs})
+    mark(parent, "study")  # a parent of runs: no single run trains into it

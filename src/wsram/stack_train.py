@@ -40,6 +40,7 @@ from .run_dir import (
     lock_holder,
     mark_stack,
     prepare_run_dir,
+    refuse_foreign,
     remove_failed_start,
     save_config,
     saved_horizon,
@@ -68,6 +69,11 @@ def train_stack(cfgs: list[TrainConfig], run_dirs: list[str | Path],
     marked as a stack's (``RunDir``'s stack file)."""
     for cfg in cfgs:
         cfg.validate()
+    check = spec_for(cfgs[0]).check_inputs
+    if check is not None:  # before any folder is touched: what the data fill in
+        cfgs = [check(cfg) or cfg for cfg in cfgs]
+    if parent is not None:
+        refuse_foreign(Path(parent), "study", "--run-dir")
     problem = stack_problem(cfgs)
     if problem:
         raise WsramError(f"cannot stack these runs: {problem}")
@@ -104,9 +110,6 @@ def _claim(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool,
            held: contextlib.ExitStack, locked: list[Path]) -> bool:
     """Check and lock one run's folder as :func:`wsram.train.train` does; return whether
     it resumes (a folder without a checkpoint starts afresh)."""
-    check = spec_for(cfg).check_inputs
-    if check is not None:
-        check(cfg)
     if lock_holder(run_dir) is not None:
         raise WsramError(in_use_message(run_dir))
     run = RunDir(run_dir)

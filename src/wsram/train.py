@@ -61,7 +61,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
     try:
         check = spec_for(cfg).check_inputs
         if check is not None:  # on every rank, before the folder is touched: the data
-            cfg = check(cfg)   # fill in what they determine (an image folder's classes)
+            cfg = check(cfg) or cfg  # fill in what they determine (a folder's classes)
         if not ddp.is_main:
             with out_of_memory_is_one_line(cfg, run_dir):
                 row = run_training(cfg, run_dir, resume, False, ddp)

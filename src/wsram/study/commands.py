@@ -17,6 +17,7 @@ from typing import Any
 
 from wsram.atomic import atomic_write_json
 from wsram.classification.config import ClassificationConfig
+from wsram.classification.data.splits import check_inputs
 from wsram.cli import add_config_options, config_from_args, positive
 from wsram.config import load_yaml
 from wsram.errors import WsramError
@@ -114,11 +115,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
         out = Path(args.plot_only)
     else:
         _check_compare_args(args)
-        base = config_from_args(args, ClassificationConfig)
+        base = check_inputs(config_from_args(args, ClassificationConfig))  # own data: filled
         plan = default_plan(base, args.seeds, args.lrs, args.methods, args.at_chosen_rate,
                             explore=args.explore)
         executor = slurm_from_args(args, base) or local_executor(args, base)
-        announce(plan, base, Path(args.out), args.jobs, isinstance(executor, LocalProcesses))
+        refuse_foreign(Path(args.out), "study", "--out")  # before the timing, not after
+        announce(plan, base, Path(args.out), args.jobs, executor)
         compare(base, args.out, plan, jobs=args.jobs, progress=not args.no_progress,
                 executor=executor)
         out = Path(args.out)
@@ -129,11 +131,14 @@ def local_executor(args: argparse.Namespace, base: ClassificationConfig) -> Exec
     """Stacks of ``--stack-size`` runs (default: the device's measured best), or
     ``--jobs`` processes of one run each."""
     size = 1 if args.no_stack else args.stack_size or default_stack_size(base.device)
+    if size > 1 and args.jobs > 1:
+        raise WsramError("--jobs: stacks train one after another in this process; give "
+                         "--jobs or --stack-size, not both")
     return LocalStacks(size) if size > 1 else LocalProcesses(args.jobs)
 
 
 def announce(plan: Plan, base: ClassificationConfig, out: Path, jobs: int,
-             local: bool) -> None:
+             executor: Executor) -> None:
     """The plan, before anything trains: the runs of each phase, how many finished before,
     the diagnostics, and (local runs on the CPU) a time estimate from timed updates."""
     runs = plan.grid_runs()
@@ -143,8 +148,11 @@ def announce(plan: Plan, base: ClassificationConfig, out: Path, jobs: int,
           + (f" ({sum(s >= base.steps for s in done.values())} finished before)"
              if any(done.values()) else ""), file=sys.stderr)
     print("\n".join(plan.lines(base)), file=sys.stderr)
-    if not local or base.device != "cpu":
-        print("  time: not estimated here (the runs go elsewhere)", file=sys.stderr)
+    if not isinstance(executor, LocalProcesses) or base.device != "cpu":
+        how = ("Slurm jobs" if not isinstance(executor, LocalStacks | LocalProcesses) else
+               "stacks of runs" if isinstance(executor, LocalStacks) else base.device)
+        print(f"  time: not estimated ({how}; the estimate times one CPU run's updates)",
+              file=sys.stderr)
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     methods = sorted({r.method for r in runs} | set(plan.chosen)

@@ -324,6 +324,9 @@ def slurm_from_args(args: argparse.Namespace, base: ClassificationConfig) -> Slu
         if given:
             raise WsramError(f"--slurm-{given[0]} goes with --slurm PARTITION")
         return None
+    if getattr(args, "stack_size", None) is not None or getattr(args, "no_stack", False):
+        raise WsramError("--stack-size/--no-stack choose local stacks; with --slurm each run "
+                         "is a job of its own")
     if args.jobs != 1:
         raise WsramError("--jobs counts local processes; with --slurm each run is a job of its own")
     opts = SlurmOptions(args.slurm, **{f: getattr(args, f"slurm_{f}") for f in given})

@@ -169,7 +169,12 @@ def npz_shape(path: str | Path) -> dict[str, int]:
         raise DataError(f"{Path(path).name}: needs arrays 'x' and 'y'; found "
                         f"{', '.join(sorted(data)) or 'none'}")
     x = data["x"]
+    if x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] > 4:
+        raise DataError(f"{Path(path).name}: x looks channels-last {x.shape}; give N x C x H x "
+                        "W (e.g. x.transpose(0, 3, 1, 2))")
     labels = [data[k] for k in ("y", "y_test") if k in data and data[k].size]
+    if not labels:
+        raise DataError(f"{Path(path).name}: y holds no labels")
     top = max(int(y.max()) for y in labels if np.issubdtype(y.dtype, np.integer)) \
         if all(np.issubdtype(y.dtype, np.integer) for y in labels) else 1
     out = {"channels": int(x.shape[1]) if x.ndim == 4 else 1}

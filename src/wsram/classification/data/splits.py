@@ -97,12 +97,13 @@ def check_inputs(cfg: ClassificationConfig) -> ClassificationConfig:
             raise DataError(f"{cfg.data_dir}: labels go up to {least - 1} but --num-classes "
                             f"is {cfg.num_classes}; give at least {least}, or leave it out")
         found["num_classes"] = cfg.num_classes or least
+    if cfg.source == "folder" and cfg.channels is not None:
+        found.pop("channels")  # image files convert to grey or RGB as asked
     for key, value in found.items():
         given = getattr(cfg, key)
         if given is not None and given != value:
-            what = {"channels": f"{value} channel{'s' if value > 1 else ''} ("
-                    f"{'some images have colour' if value == 3 else 'no image has colour'})",
-                    "num_classes": f"{value} classes"}.get(key, str(value))
+            what = {"channels": f"{value} channel{'s' if value > 1 else ''} (x's channel "
+                    "axis)", "num_classes": f"{value} classes"}.get(key, str(value))
             raise DataError(f"{cfg.data_dir}: holds {what} but --{key.replace('_', '-')} "
                             f"is {given}; leave it out to take it from the data")
     cfg = replace(cfg, **found)
@@ -119,9 +120,14 @@ def noun(cfg: ClassificationConfig) -> str:
     return "digit" if cfg.source == "mnist" else "image"
 
 
-def split_sizes(cfg: ClassificationConfig) -> dict[str, int]:
-    """How many examples each split holds (``val`` 0 without a held-out split)."""
-    sizes = {"train": len(load_split(cfg, "train")), "test": len(load_split(cfg, "test"))}
+def split_sizes(cfg: ClassificationConfig) -> dict[str, int | str]:
+    """How many examples each split holds (``val`` 0 without a held-out split; the test
+    split, which only ``evaluate`` reads, "no" where it is missing: training goes on)."""
+    try:
+        test: int | str = len(load_split(cfg, "test"))
+    except DataError:
+        test = "no"
+    sizes = {"train": len(load_split(cfg, "train")), "test": test}
     sizes["val"] = len(load_split(cfg, "val")) if cfg.holdout_every else 0
     return sizes
 
