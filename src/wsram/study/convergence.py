@@ -40,6 +40,9 @@ class ConvRun:
     steps: int  # the updates it was asked for
     curve: list[tuple[int, float]]  # (update, validation error) at every evaluation
     evals: dict[str, dict[str, Any]]  # "last" / "best" -> its test evaluation
+    #: the update of test evaluations left from before the run went on (not shown, not
+    #: paired: they describe an earlier model), None when they are current or absent
+    stale_at: int | None = None
 
     @property
     def done(self) -> int:
@@ -58,8 +61,11 @@ def read_runs(root: Path) -> list[ConvRun]:
         curve = [(int(r["step"]), float(r[KEY])) for r in run.read_metrics() if KEY in r]
         evals = {w: run.read_json(run.eval_file(w).name) for w in ("last", "best")
                  if run.eval_file(w).is_file()}
+        at = evals.get("last", {}).get("step")
+        stale = at is not None and curve and at != curve[-1][0]
         out.append(ConvRun(cfg_dir.parent.name, cfg_dir.name, cfg["method"], int(cfg["seed"]),
-                           int(cfg["steps"]), curve, evals))
+                           int(cfg["steps"]), curve, {} if stale else evals,
+                           at if stale else None))
     return out
 
 
@@ -128,8 +134,10 @@ def run_table(runs: list[ConvRun]) -> list[str]:
                            for lv in LEVELS)
         best = r.evals.get("best")
         best_cell = f"{_test_cell(best)} ({best['step']:,})" if best else "-"
+        last_cell = _test_cell(r.evals.get("last")) if r.stale_at is None else \
+            f"not yet (last tested at update {r.stale_at:,})"
         rows.append(f"| {r.name} | {r.done:,} | {reach} | {_plateau_cell(r)} | "
-                    f"{_test_cell(r.evals.get('last'))} | {best_cell} |")
+                    f"{last_cell} | {best_cell} |")
     return head + rows
 
 
@@ -143,7 +151,8 @@ def paired_tests(runs: list[ConvRun]) -> list[str]:
         for seed in sorted({r.seed for r in done}):
             ra = next((r for r in done if r.method == a and r.seed == seed), None)
             rb = next((r for r in done if r.method == b and r.seed == seed), None)
-            if ra is None or rb is None:
+            if ra is None or rb is None or \
+                    ra.evals["last"]["step"] != rb.evals["last"]["step"]:  # one budget only
                 continue
             wa = set(ra.evals["last"]["wrong"]["mc"])
             wb = set(rb.evals["last"]["wrong"]["mc"])
