@@ -79,9 +79,9 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
         # best.pt was picked by the periodic evaluations: on the validation set, or, for
         # runs saved before it existed, on the first eval_size test canvases (then its
         # test error on a set holding them is optimistic).
-        result["selected_on"] = (f"up to {cfg.eval_size} validation canvases"
-                                 if cfg.holdout_every else
-                                 f"the first {cfg.eval_size} test canvases")
+        n = min(cfg.eval_size, len(load_split(cfg, eval_split(cfg))))
+        result["selected_on"] = (f"{n} validation canvases" if cfg.holdout_every else
+                                 f"the first {n} test canvases")
     result["wrong"] = wrong  # the test images each way got wrong, by index
     if write:
         write_result(result, Path(out) if out is not None else RunDir(run_dir).eval_file())
