@@ -12,7 +12,7 @@ from ..atomic import atomic_write_json
 from ..registry import load_run
 from ..run_dir import RunDir
 from .config import ClassificationConfig
-from .data.splits import eval_split, load_split, noun, test_set
+from .data.splits import eval_count, eval_split, noun, test_set
 from .model import AttentionModel
 
 EVAL_SEED = 20151207  # evaluation draws its own random stream, apart from training's
@@ -79,7 +79,7 @@ def evaluate_run(run_dir: str | Path, which: str = "last", samples: int | None =
         # best.pt was picked by the periodic evaluations: on the validation set, or, for
         # runs saved before it existed, on the first eval_size test canvases (then its
         # test error on a set holding them is optimistic).
-        n = min(cfg.eval_size, len(load_split(cfg, eval_split(cfg))))
+        n = eval_count(cfg)
         result["selected_on"] = (f"{n} validation canvases" if cfg.holdout_every else
                                  f"the first {n} test canvases")
     result["wrong"] = wrong  # the test images each way got wrong, by index
@@ -131,7 +131,7 @@ def summary_lines(row: dict[str, Any], cfg: ClassificationConfig, command: str) 
     """The end-of-run lines on the last evaluation during training."""
     evals = {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
     at = row.get("eval_step", row["last_step"])
-    n = min(cfg.eval_size, len(load_split(cfg, eval_split(cfg))))
+    n = eval_count(cfg)
     where = (f"{n} validation canvases (every {cfg.holdout_every}th training {noun(cfg)}, "
              "held out)" if cfg.holdout_every else f"the first {n} test canvases")
     lines = [f"  evaluation at update {at}, on {where}:"]

@@ -105,7 +105,7 @@ class ClassificationTask:
         """Read the digits now (a bad --data-dir fails early) and say what was found."""
         self.train_digits  # noqa: B018
         if main:
-            print("\n".join(describe_data(self.cfg)), file=sys.stderr)
+            print("\n".join(describe_data(self.cfg, self.train_digits)), file=sys.stderr)
 
     def restore(self, run_dir: Path, path: Path, state: dict[str, Any]) -> None:
         """Nothing beyond the weights: the config alone builds the model."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from wsram.study.executor import (
     evaluate_if_stale,
     last_logged_step,
     seconds_per_update,
+    threads_per_job,
     train_runs,
 )
 from wsram.study.plan import EXPLORE, EXPLORED, Plan, check_study, default_plan
@@ -154,10 +154,9 @@ def announce(plan: Plan, base: ClassificationConfig, out: Path, jobs: int,
         print(f"  time: not estimated ({how}; the estimate times one CPU run's updates)",
               file=sys.stderr)
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     methods = sorted({r.method for r in runs} | set(plan.chosen)
                      | ({"var+c", "wsram+q+c"} if plan.explore else set()))
-    cost = seconds_per_update(base, methods, base.threads or max(1, cores // jobs))
+    cost = seconds_per_update(base, methods, base.threads or threads_per_job(jobs))
     left = sum(max(0, base.steps - done[r.folder]) * cost[r.method] for r in runs) + sum(
         base.steps * cost[m] for m in [*plan.chosen, *(EXPLORED if plan.explore else ())]
         for _ in plan.seeds)

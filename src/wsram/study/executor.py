@@ -120,6 +120,13 @@ class LocalStacks:
             raise WsramError(f"runs stopped by non-finite updates: {', '.join(failed)}")
 
 
+def threads_per_job(jobs: int) -> int:
+    """Each of ``jobs`` parallel runs' share of the cores this process may use."""
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    return max(1, cores // jobs)
+
+
 def seconds_per_update(base: ClassificationConfig, methods: list[str], threads: int,
                        updates: int = 3) -> dict[str, float]:
     """One training update's seconds for each method on this machine's CPU (``threads``
@@ -198,9 +205,7 @@ def _run_parallel(cfgs: dict[str, ClassificationConfig], out_dir: Path, jobs: in
     update) and waited for, as on any error, so that none outlives ``compare``."""
     if not cfgs:
         return
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
-    threads = max(1, cores // jobs)
+    threads = threads_per_job(jobs)
     pending = list(cfgs.items())
     running: Running = []
     failed: list[str] = []

@@ -120,22 +120,29 @@ def noun(cfg: ClassificationConfig) -> str:
     return "digit" if cfg.source == "mnist" else "image"
 
 
-def split_sizes(cfg: ClassificationConfig) -> dict[str, int | str]:
-    """How many examples each split holds (``val`` 0 without a held-out split; the test
-    split, which only ``evaluate`` reads, "no" where it is missing: training goes on)."""
+def eval_count(cfg: ClassificationConfig) -> int:
+    """How many canvases the evaluations during training look at: ``eval_size``, or all
+    of their split where it holds fewer."""
+    return min(cfg.eval_size, len(load_split(cfg, eval_split(cfg))))
+
+
+def split_sizes(cfg: ClassificationConfig, train: DigitSet) -> dict[str, int | str]:
+    """How many examples each split holds (``train``: the training split, already read;
+    ``val`` 0 without a held-out split; the test split, which only ``evaluate`` reads, "no"
+    where it is missing: training goes on)."""
     try:
         test: int | str = len(load_split(cfg, "test"))
     except DataError:
         test = "no"
-    sizes = {"train": len(load_split(cfg, "train")), "test": test}
-    sizes["val"] = len(load_split(cfg, "val")) if cfg.holdout_every else 0
-    return sizes
+    return {"train": len(train), "test": test,
+            "val": len(load_split(cfg, "val")) if cfg.holdout_every else 0}
 
 
-def describe_data(cfg: ClassificationConfig) -> list[str]:
+def describe_data(cfg: ClassificationConfig, train: DigitSet) -> list[str]:
     """The line a run starts with: what was found (where, classes, the size of each
-    split), and a warning when the validation split is too small to choose best.pt on."""
-    n, classes = split_sizes(cfg), load_split(cfg, "train").classes
+    split), and a warning when the validation split is too small to choose best.pt on
+    (``train``: the training split, already read)."""
+    n, classes = split_sizes(cfg, train), train.classes
     where = {"mnist": f"MNIST IDX files in {cfg.data_dir}" if cfg.data_dir else
              "the bundled digits", "folder": f"image folder {cfg.data_dir}",
              "npz": f"{cfg.data_dir}"}[cfg.source]
@@ -144,8 +151,9 @@ def describe_data(cfg: ClassificationConfig) -> list[str]:
     lines = [f"wsram: data: {where}: {cfg.num_classes} classes{named}, {cfg.channels} "
              f"channel{'s' if cfg.channels > 1 else ''}; {n['train']} training, {n['val']} "
              f"validation, {n['test']} test {noun(cfg)}s"]
-    if cfg.holdout_every and min(n["val"], cfg.eval_size) < FEW_VALIDATION:
-        lines.append(f"wsram: warning: only {min(n['val'], cfg.eval_size)} validation "
+    seen = min(n["val"], cfg.eval_size)
+    if cfg.holdout_every and seen < FEW_VALIDATION:
+        lines.append(f"wsram: warning: only {seen} validation "
                      f"{noun(cfg)}s: {CHECKPOINTS['best']} chosen on so few is mostly "
                      "noise (more data, a smaller --holdout-every or a larger --eval-size)")
     return lines
