@@ -111,12 +111,18 @@ def is_done(run: Path, spec: Spec) -> bool:
         last_step(run) >= spec.steps
 
 
+def is_recorded(spec: Spec, docs: Path | None = None) -> bool:
+    """Whether the run's committed record (``collect``) is finished: a fresh machine
+    without ``runs/long`` does not train it again."""
+    return is_done((docs or DOCS_RUNS) / spec.name, spec)
+
+
 class Pool:
     """Trains specs ``jobs`` at a time until each is done or the deadline comes."""
 
     def __init__(self, specs: list[Spec], root: Path, wsram: str, jobs: int, deadline: float,
                  extra: tuple[str, ...] = ()):
-        self.queue = [s for s in specs if not is_done(root / s.name, s)]
+        self.queue = [s for s in specs if not is_done(root / s.name, s) and not is_recorded(s)]
         self.root, self.wsram, self.jobs, self.deadline = root, wsram, jobs, deadline
         self.extra = list(extra)  # flags for every new run (e.g. --data-dir)
         self.running: dict[str, tuple[Spec, subprocess.Popen]] = {}
@@ -198,14 +204,23 @@ def cmd_run(args: argparse.Namespace) -> None:
         sys.exit(f"convergence: {wsram}: no wsram executable (make the pinned copy: "
                  "see docs/convergence.md, or pass --wsram)")
     extra = ("--data-dir", args.data_dir) if args.data_dir else ()
-    pool = Pool(PHASES[args.phase], Path(args.root), wsram, args.jobs,
+    specs = PHASES[args.phase]
+    if args.runs:
+        known = {s.name: s for s in specs}
+        unknown = [n for n in args.runs if n not in known]
+        if unknown:
+            sys.exit(f"convergence: not a run of the {args.phase} phase: {', '.join(unknown)} "
+                     "(see: python benchmarks/convergence.py status)")
+        specs = [known[n] for n in args.runs]
+    pool = Pool(specs, Path(args.root), wsram, args.jobs,
                 time.time() + args.minutes * 60, extra)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, pool.stop)
     say(f"{args.phase}: {len(pool.queue)} runs to train or finish, {args.jobs} at a time, "
         f"for up to {args.minutes:g} minutes")
     pool.loop()
-    left = [s.name for s in PHASES[args.phase] if not is_done(Path(args.root) / s.name, s)]
+    left = [s.name for s in PHASES[args.phase]
+            if not is_done(Path(args.root) / s.name, s) and not is_recorded(s)]
     say(f"{args.phase}: {len(left)} runs not finished" + (f": {', '.join(left)}" if left else ""))
 
 
@@ -213,24 +228,49 @@ def cmd_status(args: argparse.Namespace) -> None:
     for phase, specs in (("pilot", PILOT), ("long", LONG)):
         for s in specs:
             run = Path(args.root) / s.name
-            state = "done" if is_done(run, s) else f"{last_step(run):>6} of {s.steps}"
+            state = ("done" if is_done(run, s) else "done (recorded)" if is_recorded(s)
+                     else f"{last_step(run):>6} of {s.steps}")
             print(f"{phase:5} {s.name:45} {state}  {_errors(run)}")
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    """Copy each run's small files (config, metrics, evaluations) into the docs."""
+    """Copy each run's small files (config, metrics, evaluations) into the docs; a run
+    restarted on a fresh machine that has not yet reached its committed record (or whose
+    record is finished) leaves the record as it is, and the overlap is compared."""
     n = 0
     for spec in {s.name: s for specs in PHASES.values() for s in specs}.values():
         run = Path(args.root) / spec.name
         if not RunDir(run).metrics.is_file():
             continue
         dest = Path(args.out) / spec.name
+        if RunDir(dest).metrics.is_file() and not is_done(run, spec) and (
+                is_done(dest, spec) or last_step(dest) > last_step(run)):
+            print(f"{spec.name}: kept the committed record (update {last_step(dest)}; this "
+                  f"copy is at {last_step(run)}); {_overlap(run, dest)}")
+            continue
         dest.mkdir(parents=True, exist_ok=True)
         for f in SMALL_FILES:
             if (run / f).is_file():
                 shutil.copy2(run / f, dest / f)
         n += 1
     print(f"copied the small files of {n} runs to {args.out}")
+
+
+def _overlap(run: Path, record: Path) -> str:
+    """Whether a restarted run logged the same numbers as its record up to where it is."""
+    def rows(p: Path) -> dict[tuple[int, str], float]:
+        return {(int(r["step"]), k): v for r in RunDir(p).read_metrics() for k, v in r.items()
+                if k not in ("step", "time", "wall") and isinstance(v, (int, float))
+                and not k.startswith(("time/", "perf/"))}
+    a, b = rows(run), rows(record)
+    common = [k for k in a if k in b]
+    if not common:
+        return "no logged value in common yet"
+    differ = [k for k in common if a[k] != b[k]]
+    last = max(s for s, _ in common)
+    return (f"{len(common)} logged values up to update {last} in common, "
+            + ("all identical" if not differ else
+               f"{len(differ)} differ (first at update {min(s for s, _ in differ)})"))
 
 
 #: what a shipped checkpoint keeps: enough to predict, show and evaluate, not to resume
@@ -283,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--minutes", type=float, required=True,
                    help="wall-clock budget; every run stops with a checkpoint before it ends")
     r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--runs", nargs="+", metavar="SETUP/RUN",
+                   help="only these runs, in this order (default: the phase's, in its order)")
     r.add_argument("--wsram", help="the wsram executable (default: the pinned copy's)")
     r.add_argument("--data-dir", help="MNIST IDX files for every new run (full MNIST); use "
                    "another --root for them")

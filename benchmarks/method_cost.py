@@ -3,6 +3,7 @@ what turns "A needs R times fewer updates than B" into seconds.
 
     PYTHONPATH=src python benchmarks/method_cost.py [--config configs/study.yaml]
         [--methods var+c wsram+c wsram+q+c] [--threads 1] [--rounds 10] [--updates 8]
+        [--out docs/convergence/cost.json --setup default]
 
 Builds each method's model with the same seed on the config's setup, then alternates: in
 each round ``--updates`` updates of every method in turn (canvases drawn as ``wsram
@@ -14,7 +15,10 @@ machine. Prints updates/s per method and its seconds per update relative to the 
 from __future__ import annotations  # noqa: I001 - wsram before torch, see below
 
 import argparse
+import json
+import platform
 import statistics
+from pathlib import Path
 
 import wsram  # noqa: F401 - before torch, as the wsram command: its OpenMP settings
 import torch
@@ -45,9 +49,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--updates", type=int, default=8, help="updates per round and method")
+    p.add_argument("--out", help="a JSON file to keep the seconds per update in")
+    p.add_argument("--setup", help="its key in --out (default: the config file's name)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    base = make_config(device="cpu", **load_yaml(a.config))
+    base = make_config(**{**load_yaml(a.config), "device": "cpu"})
     runs = {m: build(replace(base, method=m)) for m in a.methods}
     for run in runs.values():
         timed(run, 3)  # warm-up
@@ -63,6 +69,26 @@ def main() -> None:
         ratio = statistics.median(t / f for t, f in zip(ts, per_round[first], strict=True))
         print(f"{m:<12} {1 / statistics.mean(ts):>10.2f} {statistics.mean(ts):>10.4f} "
               f"{ratio:>14.2f}")
+    if a.out:
+        out = Path(a.out)
+        kept = json.loads(out.read_text()) if out.is_file() else {}
+        kept[a.setup or Path(a.config).stem] = {
+            "config": a.config, "threads": a.threads, "rounds": a.rounds,
+            "updates_per_round": a.updates, "cpu": _cpu(), "torch": torch.__version__,
+            "seconds_per_update": {m: statistics.median(ts) for m, ts in per_round.items()}}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
+        print(f"kept in {out}")
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

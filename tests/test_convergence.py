@@ -3,7 +3,14 @@ plateau and reach columns, and McNemar's test paired on the same test images."""
 
 from __future__ import annotations
 
-from wsram.study.convergence import ConvRun, paired_tests, pilot_table, run_table
+from wsram.study.convergence import (
+    ConvRun,
+    minutes_table,
+    paired_tests,
+    pilot_table,
+    published_table,
+    run_table,
+)
 
 
 def run(name: str, method: str, seed: int, level: float, wrong: list[int] | None = None,
@@ -42,3 +49,22 @@ def test_run_table_and_paired_tests() -> None:
     # 10 images only A gets wrong, 40 only B: McNemar's p far below 0.05, A lower
     assert "| 10 | 40 |" in row and row.rstrip(" |").endswith("var+c")
     assert lines[-1].endswith("none.")  # one seed: no ranking claimed
+
+
+def test_minutes_come_from_the_quiet_cost_of_an_update() -> None:
+    a = run("var+c-seed0", "var+c", 0, 0.02)  # reaches 10% at 5,000 updates, 3% at 17,000
+    cost = {"threads": 1, "cpu": "a CPU", "rounds": 10,
+            "seconds_per_update": {"var+c": 0.03}}
+    row = next(x for x in minutes_table([a], cost) if x.startswith("| var+c-seed0 |"))
+    # 5,000 x 0.03 s = 2.5 min; 10,000 -> 5.0; 17,000 -> 8.5; all 20,000 -> 10
+    assert row == "| var+c-seed0 | 0.0300 | 2.5 / 5.0 / 8.5 | 10 |"
+    assert "not turned into minutes" in minutes_table([a], None)[0]
+
+
+def test_published_figures_stand_beside_finished_runs_only() -> None:
+    done = run("var+c-seed0", "var+c", 0, 0.02, wrong=list(range(26)))
+    short = run("wsram+q+c-seed0", "wsram+q+c", 0, 0.02, wrong=list(range(10)))
+    short = ConvRun(**{**short.__dict__, "steps": 100000})  # asked for more than it did
+    rows = {x.split(" | ")[0].lstrip("| "): x for x in published_table([done, short])}
+    assert "| 2.60% (var+c-seed0, 20,000) | not yet |" in rows["default"]
+    assert "1.29%" in rows["mnist28"] and "not yet" in rows["mnist28"]

@@ -8,11 +8,17 @@ and ``best.pt``. Runs sit in ``ROOT/<setup>/<method>-seed<S>[<suffix>]``.
   and a table per run (updates to 10%, 5%, 3% validation error, the plateau rule, the final
   test errors with the 95% interval of the test-set error);
 - per setup and seed: each pair of methods on the same test canvases (McNemar's exact
-  test), and a ranking only where every seed agrees and every test says so.
+  test), and a ranking only where every seed agrees and every test says so;
+- per setup, updates turned into minutes with the quiet one-thread cost of an update of
+  each method (``cost.json``, written by ``benchmarks/method_cost.py --out``), never with
+  the wall clock of a machine shared with other runs;
+- our best test errors beside the published figures of docs/benchmarks.md, with what
+  differs.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -27,6 +33,22 @@ KEY = "eval/val_error_mc"  # the validation error with the mean of 10 trajectori
 LEVELS = (0.10, 0.05, 0.03)
 COSINE = "-cosine"  # the suffix of the pilot's cosine runs
 ALPHA = 0.05
+COST_FILE = "cost.json"  # beside the report: seconds per update per setup and method
+
+#: the published figures of docs/benchmarks.md for the setups of this study, as quoted
+#: there (sources and caveats in that file), and what differs from our runs
+PUBLISHED = {
+    "mnist28": ("RAM (Mnih et al. 2014), 6 glimpses: 1.29% [D, B]",
+                "RAM: 60,000 training digits, REINFORCE with a 0/1 reward; ours: 3,600 "
+                "bundled digits, a context network"),
+    "cluttered60": ("RAM, 8 glimpses: 5.23% [B]; tfRAM (its own runs), 6 glimpses: 3.33%",
+                    "theirs: 60,000 training digits, 3 scales at every glimpse; ours: 3,600 "
+                    "bundled digits, 6 glimpses of one scale each, a context network"),
+    "default": ("WS-RAM paper (Ba et al. 2015), Figure 3: a plot; its numbers are lost in "
+                "our copy of the paper and are not quoted",
+                "the paper: 60,000 training digits, 10 million updates; ours: 3,600 bundled "
+                "digits, at most 100,000 updates"),
+}
 
 
 @dataclass(frozen=True)
@@ -168,6 +190,55 @@ def paired_tests(runs: list[ConvRun]) -> list[str]:
                     f"{ALPHA}): " + ("; ".join(claims) if claims else "none.")]
 
 
+def read_costs(path: Path) -> dict[str, dict[str, Any]]:
+    """``cost.json``: per setup, the seconds one update of each method takes (empty when
+    the file is absent)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def minutes_table(runs: list[ConvRun], cost: dict[str, Any] | None) -> list[str]:
+    """Updates to each level and the whole run, in minutes at the quiet per-update cost."""
+    if not cost:
+        return ["No quiet per-update cost for this setup (`benchmarks/method_cost.py --out`):"
+                " updates are not turned into minutes."]
+    per = cost["seconds_per_update"]
+    lines = [f"Minutes at the quiet cost of one update ({cost['threads']} thread, "
+             f"`benchmarks/method_cost.py` on {cost['cpu']}, median of {cost['rounds']} "
+             "rounds), not the wall clock of the shared machine the runs trained on:", "",
+             "| run | seconds per update | minutes to 10% / 5% / 3% | minutes for its updates |",
+             "|---|---|---|---|"]
+    for r in runs:
+        if r.method not in per:
+            continue
+        sec = per[r.method]
+        reach = " / ".join(f"{s * sec / 60:.1f}" if (s := first_reach(r.curve, lv))
+                           is not None else "-" for lv in LEVELS)
+        lines.append(f"| {r.name} | {sec:.4f} | {reach} | {r.done * sec / 60:.0f} |")
+    return lines
+
+
+def published_table(runs: list[ConvRun]) -> list[str]:
+    """Per setup, our lowest finished test error (``last.pt``, mean of 10) beside the
+    published figures."""
+    lines = ["| setup | ours: lowest test error, mean of 10 (run, updates) | the CNN | "
+             "published | what differs |", "|---|---|---|---|---|"]
+    for setup in sorted({r.setup for r in runs} | set(PUBLISHED)):
+        done = [r for r in runs if r.setup == setup and not r.cosine and "last" in r.evals
+                and r.done >= r.steps]
+        att = [r for r in done if r.method != "cnn"]
+        cnn = [r for r in done if r.method == "cnn"]
+        pub, diff = PUBLISHED.get(setup, ("-", "-"))
+        lines.append(f"| {setup} | {_lowest(att)} | {_lowest(cnn)} | {pub} | {diff} |")
+    return lines
+
+
+def _lowest(runs: list[ConvRun]) -> str:
+    if not runs:
+        return "not yet"
+    b = min(runs, key=lambda x: x.evals["last"]["test_error_mc"])
+    return f"{_pct(b.evals['last']['test_error_mc'])} ({b.name}, {b.done:,})"
+
+
 def figure(runs: list[ConvRun], path: Path, title: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
@@ -198,6 +269,7 @@ def write_report(root: str | Path, out_dir: str | Path) -> Path:
     """``tables.md`` and one figure per setup into ``out_dir``; returns the tables' path."""
     root, out_dir = Path(root), Path(out_dir)
     runs = read_runs(root)
+    costs = read_costs(out_dir / COST_FILE)
     lines = ["<!-- written by: python benchmarks/convergence.py report -->", "",
              "## The pilot", "", *pilot_table(runs)]
     for setup in sorted({r.setup for r in runs}):
@@ -206,8 +278,13 @@ def write_report(root: str | Path, out_dir: str | Path) -> Path:
         figure(mine, out_dir / f"{setup}.png", f"{setup}: validation error (seed 0 solid, "
                "seed 1 dashed; cosine runs dotted)")
         lines += ["", f"## {setup}", "", f"![{setup}]({setup}.png)", "",
-                  *run_table(mine), "", "Paired on the same test canvases "
+                  *run_table(mine), "", *minutes_table(mine, costs.get(setup)), "",
+                  "Paired on the same test canvases "
                   f"({RunDir('.').last.name}, mean of 10):", "", *paired_tests(long)]
+    lines += ["", "## Beside the published figures", "", *published_table(runs), "",
+              "Sources [D] and [B] and their caveats: docs/benchmarks.md. A finished run "
+              "only (all its updates, `last.pt` tested); the errors are not comparable one "
+              "to one (the last column)."]
     path = out_dir / "tables.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
