@@ -20,8 +20,8 @@ python3 -m wsram train --run-dir "$TMP/stack" --device cuda --method wsram+q+c \
   --seeds 0 1 --lrs 0.001 0.003 --steps 60 --eval-every 30 --checkpoint-every 30 \
   --log-every 10 --diag-every 0 --no-progress > "$TMP/train.out"
 python3 -m wsram train --run-dir "$TMP/stack" --device cuda --resume --seeds 0 1 \
-  --lrs 0.001 0.003 --steps 80 --no-progress > "$TMP/resume.out"
-test "$(grep -c '"last_step": 80' "$TMP/resume.out")" = 4 || { echo "FAIL: resume"; exit 1; }
+  --lrs 0.001 0.003 --steps 80 --no-progress --json > "$TMP/resume.out"
+test "$(grep -c '"step": 80,' "$TMP/resume.out")" = 4 || { echo "FAIL: resume"; exit 1; }
 python3 -m wsram evaluate "$TMP/stack/lr0.003-seed1" | tail -3 | tee -a "$OUT/gpu_stack_check.txt"
 
 echo "== 2. throughput and memory" | tee -a "$OUT/gpu_stack_check.txt"
