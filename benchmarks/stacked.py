@@ -2,6 +2,7 @@
 
     python benchmarks/stacked.py [--device cpu|cuda] [--threads 1] [--seconds 3]
         [--sizes 1 2 4 8 16 32] [--methods var+c wsram+q+c] [--jobs 2] [--setup default]
+        [--graph-sizes 1 16 256]     # CUDA only: the same stacks with the update graphed
     python benchmarks/stacked.py --ab [--rounds 5] ...     # robust to background load
 
 For each method at a setup of ``throughput.py`` (default: 100x100 canvases, B = 64, K = 5):
@@ -10,7 +11,10 @@ For each method at a setup of ``throughput.py`` (default: 100x100 canvases, B = 
   (the update ``wsram train`` runs: its canvases, then ``Engine.update``), as ``wsram
   compare --jobs 2 --threads 1`` does; started together, timed over the same window;
 - ``stack R``: one process with ``--threads`` threads training a stack of R runs (seeds
-  0..R-1; each run's canvases, then ``StackEngine.update``), for each R of ``--sizes``.
+  0..R-1; each run's canvases, then ``StackEngine.update``), for each R of ``--sizes``;
+- ``graphed stack R``: the same with ``cuda_graphs`` (the update captured as one CUDA
+  graph and replayed), for each R of ``--graph-sizes``; a row whose capture fell back to
+  eager code says "failed", and the script ends with exit status 1.
 
 Each figure is taken in a fresh process after two (stack) or three (single) updates of
 warm-up. Printed: run-updates/s summed over runs (R x the stack's updates/s; the sum over
@@ -101,6 +105,10 @@ def child_stack(args: argparse.Namespace) -> dict[str, Any]:
 
     cfgs = [_setup(args.setup, args.method, args.device, args.threads, s)
             for s in range(args.size)]
+    if args.graphs:
+        from wsram.config import replace
+
+        cfgs = [replace(c, cuda_graphs=True) for c in cfgs]
     from wsram.classification.data import load_digits
 
     load_digits("train")  # data in memory before the base is taken
@@ -113,15 +121,18 @@ def child_stack(args: argparse.Namespace) -> dict[str, Any]:
         batches = [r[0].sample(B) for r in runs]
         engine.update([b[0] for b in batches], [b[1] for b in batches], [step] * len(runs))
 
-    for t in range(2):
+    warm = 5 if args.graphs else 2  # a graph: 3 eager updates, its capture, a replay
+    for t in range(warm):
         update(t)
     _sync(args.device)
     n, t0 = 0, time.perf_counter()
     while n < 2 or time.perf_counter() - t0 < args.seconds:
-        update(2 + n)
+        update(warm + n)
         n += 1
     _sync(args.device)
     ups = n / (time.perf_counter() - t0)
+    if args.graphs and (engine.step_fn.failed or not engine.step_fn.replays):
+        sys.exit(f"capture fell back to eager code: {engine.step_fn.failed}")
     return {"run_updates_s": ups * args.size, "peak_mem": _memory_peak(args.device, base),
             "mem_exact": exact}
 
@@ -187,10 +198,13 @@ def ab_row(args: argparse.Namespace, size: int) -> dict[str, float]:
     return {"single_ms": ma * 1e3, "stack_ms": mb * 1e3, "speedup": ma / mb}
 
 
-def _child_cmd(args: argparse.Namespace, kind: str, **extra: Any) -> list[str]:
+def _child_cmd(args: argparse.Namespace, kind: str, graphs: bool = False,
+               **extra: Any) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind,
            "--setup", args.setup, "--device", args.device, "--threads", str(args.threads),
            "--seconds", str(args.seconds), "--method", args.method]
+    if graphs:
+        cmd.append("--graphs")
     for k, v in extra.items():
         cmd += [f"--{k}", str(v)]
     return cmd
@@ -213,9 +227,9 @@ def jobs_row(args: argparse.Namespace) -> dict[str, Any]:
             "peak_mem": sum(o["peak_mem"] for o in outs), "runs": args.jobs}
 
 
-def stack_row(args: argparse.Namespace, size: int) -> dict[str, Any]:
-    p = subprocess.run(_child_cmd(args, "stack", size=size), capture_output=True, text=True,
-                       cwd=HERE)
+def stack_row(args: argparse.Namespace, size: int, graphs: bool = False) -> dict[str, Any]:
+    p = subprocess.run(_child_cmd(args, "stack", graphs, size=size), capture_output=True,
+                       text=True, cwd=HERE)
     if p.returncode != 0:
         return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "failed"}
     return {**json.loads(p.stdout.strip().splitlines()[-1]), "runs": size}
@@ -237,7 +251,12 @@ def main() -> None:
     ap.add_argument("--ab", action="store_true",
                     help="one by one against a stack, alternately in one process")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--graph-sizes", type=int, nargs="*", default=[],
+                    help="stack sizes to time with the update as a CUDA graph (CUDA only)")
+    ap.add_argument("--graphs", action="store_true", help=argparse.SUPPRESS)  # a child's
     args = ap.parse_args()
+    if args.graph_sizes and not args.device.startswith("cuda"):
+        ap.error("--graph-sizes: CUDA graphs need --device cuda")
     sys.path.insert(0, str(HERE))
     if args.child == "single":
         child_single(args)
@@ -266,17 +285,34 @@ def main() -> None:
           f"process, setup {args.setup}, {args.seconds:g} s per figure")
     print("| method | layout | runs | run-updates/s (sum) | per run | peak memory |")
     print("|---|---|---|---|---|---|")
+    failed, summary = False, []
     for method in args.methods:
         args.method = method
         rows = [(f"--jobs {args.jobs}, one process per run", jobs_row(args))]
         rows += [(f"stack of {size}", stack_row(args, size)) for size in args.sizes]
+        rows += [(f"graphed stack of {size}", stack_row(args, size, graphs=True))
+                 for size in args.graph_sizes]
         for layout, row in rows:
             if "error" in row:
+                failed = True
                 print(f"| {method} | {layout} | | failed: {row['error'][:80]} | | |")
                 continue
             print(f"| {method} | {layout} | {row['runs']} | {row['run_updates_s']:.2f} | "
                   f"{row['run_updates_s'] / row['runs']:.2f} | "
                   f"{row['peak_mem'] / 2**20:.0f} MiB |", flush=True)
+        ok = {layout: row["run_updates_s"] for layout, row in rows if "error" not in row}
+        best = max(((k, v) for k, v in ok.items() if "stack of" in k), key=lambda kv: kv[1],
+                   default=None)
+        if best:
+            summary.append(f"{method}: most run-updates/s in one process: {best[1]:.0f} "
+                           f"({best[0]})")
+        if "stack of 1" in ok and "graphed stack of 1" in ok:
+            summary.append(f"{method}: one run graphed against eager: "
+                           f"{ok['graphed stack of 1'] / ok['stack of 1']:.2f}x")
+    for line in summary:
+        print(line)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from .config import TrainConfig, field_help, load_yaml, make_config
 from .errors import WsramError
 from .migrate import migrate_run
 from .run_dir import CHECKPOINTS, RunDir
+from .stack import stack_problem
 from .stack_train import train_stack
 from .summary import end_of_run, stop_line
 from .terminal import guard_std_streams, unguard_std_streams
@@ -250,8 +251,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.seeds or args.lrs:
         return cmd_train_stack(args)
     cfg = config_from_args(args, args.config_class)
-    row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
-                progress=not args.no_progress)
+    if cfg.cuda_graphs:  # a graphed update is a stack's: a stack of this one run
+        problem = stack_problem([cfg])
+        if problem:
+            raise WsramError(f"cuda_graphs: the update is graphed as a stack's, and {problem}")
+        row = train_stack([cfg], [args.run_dir], resume=args.resume,
+                          overwrite=args.overwrite, progress=not args.no_progress)[0]
+        if "error" in row:  # stopped by non-finite updates: said on stderr already
+            return 2
+    else:
+        row = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite,
+                    progress=not args.no_progress)
     code = 0 if row["stopped_by"] in ("finished", "time limit") else EXIT_STOPPED
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return code

@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu, cuda or cuda:N (under torchrun: each rank's own GPU)
     precision: str = "fp32"  # fp32, or bf16 (autocast of the networks; estimators stay fp32)
     compile: bool = False  # torch.compile the training rollout; eager again if it fails
+    cuda_graphs: bool = False  # the update as one CUDA graph, replayed (CUDA only)
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
     #: the task's name in the registry (``wsram.registry``), written to every config.yaml
@@ -74,7 +75,8 @@ class TrainConfig:
         "lr_schedule": "constant|cosine"}
     # Fields a resumed run may change: how long and where it runs, and what it logs.
     RESUMABLE_KEYS: typing.ClassVar[tuple[str, ...]] = (
-        "steps", "time_limit", "device", "threads", "precision", "eval_every", "eval_size",
+        "steps", "time_limit", "device", "cuda_graphs", "threads", "precision", "eval_every",
+        "eval_size",
         "log_every", "checkpoint_every", "diag_every", "max_nonfinite",
     )
     # Fields that shape the model's parameters: a checkpoint must agree on all of them.
@@ -112,6 +114,10 @@ class TrainConfig:
              f"precision: expected fp32 or bf16, got {self.precision!r}")
         need(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
              f"device: expected cpu, cuda or cuda:N, got {self.device!r}")
+        need(not self.cuda_graphs or self.device.startswith("cuda"),
+             "cuda_graphs: CUDA graphs need a CUDA device (--device cuda)")
+        need(not (self.cuda_graphs and self.compile),
+             "cuda_graphs, compile: choose one (a graphed update is not compiled)")
         need(self.method != "vimco" or self.temperature == 1.0,
              "temperature: vimco's bound needs samples from the prior itself; "
              "use temperature 1 with vimco")

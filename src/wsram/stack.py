@@ -30,6 +30,7 @@ from torch.func import functional_call, vmap
 from .config import TrainConfig
 from .engine import Engine, forward_step, logs_rate, update_values
 from .errors import WsramError
+from .graphs import GraphedStep
 from .methods import METHODS
 from .policy import drawing_from
 from .registry import spec_for
@@ -118,7 +119,13 @@ def _stacked(values: list[Any], device: torch.device) -> Any:
 class StackedAdam:
     """Adam (``torch.optim.Adam``'s arithmetic, foreach path, default betas and eps) on
     stacked parameters, with each run's own step count and rate, stepping only the runs
-    ``applied`` says. ``names``: the parameters of one optimiser of the single run."""
+    ``applied`` says. ``names``: the parameters of one optimiser of the single run.
+
+    A step is three parts, so that the middle one reads no number back to the host and can
+    be captured in a CUDA graph (``graphs.py``): :meth:`scalars` (each run's step size and
+    bias correction, from its step count, on the host), :meth:`apply` (the update on the
+    device, masked by ``applied``), :meth:`advance` (the step counts, once ``applied`` is
+    known on the host)."""
 
     def __init__(self, names: list[str], runs: int):
         self.names = names
@@ -126,33 +133,54 @@ class StackedAdam:
         self.steps = [0] * runs  # Adam's step count, per run
         self.exp_avg: dict[str, Tensor] = {}  # (R, ...) per parameter that has state
         self.exp_avg_sq: dict[str, Tensor] = {}
+        self.live = False  # whether the last apply had a gradient to step with
 
     def step(self, params: dict[str, Tensor], lrs: list[float], applied: Tensor) -> None:
         """One step of every parameter with a gradient, for the runs where ``applied``."""
+        size, bc2 = self.scalars(lrs, applied.device)
+        self.apply(params, size, bc2, applied)
+        self.advance(applied.tolist())
+
+    def scalars(self, lrs: list[float], device: torch.device) -> tuple[Tensor, Tensor]:
+        """Each run's step size and second-moment bias correction for its next step, as
+        float32 ``(R,)`` (as torch's Adam: python floats per run, one rounding to float32);
+        a run whose step is not applied leaves them unused."""
         beta1, beta2 = self.betas
-        live = [n for n in self.names if params[n].grad is not None]
-        if not live:
-            return
-        mask = applied.tolist()
-        self.steps = [s + int(a) for s, a in zip(self.steps, mask, strict=True)]
-        # As torch's Adam: python floats per run, then one rounding to float32.
-        size = [-(lr / (1 - beta1 ** max(s, 1))) for lr, s in zip(lrs, self.steps, strict=True)]
-        bc2 = [(1 - beta2 ** max(s, 1)) ** 0.5 for s in self.steps]
-        for n in live:
+        nxt = [s + 1 for s in self.steps]
+        size = [-(lr / (1 - beta1 ** s)) for lr, s in zip(lrs, nxt, strict=True)]
+        bc2 = [(1 - beta2 ** s) ** 0.5 for s in nxt]
+        return torch.tensor(size, device=device), torch.tensor(bc2, device=device)
+
+    def apply(self, params: dict[str, Tensor], size: Tensor, bc2: Tensor,
+              applied: Tensor) -> None:
+        """The step on the device (no number read back): parameters and moments of the
+        runs not ``applied`` stay as they were. The moments of a parameter are made on its
+        first step (outside a graph: a captured update is warmed up first)."""
+        beta1, beta2 = self.betas
+        self.live = False
+        for n in self.names:
             p, g = params[n], params[n].grad
+            if g is None:
+                continue
+            self.live = True
             shape = (-1,) + (1,) * (p.dim() - 1)
             keep = applied.view(shape)
             m = self.exp_avg.setdefault(n, torch.zeros_like(p))
             v = self.exp_avg_sq.setdefault(n, torch.zeros_like(p))
             m_new = m.lerp(g, 1 - beta1)
             v_new = (v * beta2).addcmul_(g, g, value=1 - beta2)
-            denom = v_new.sqrt().div_(torch.tensor(bc2, device=p.device).view(shape)) \
-                .add_(self.eps)
-            delta = (m_new * torch.tensor(size, device=p.device).view(shape)).div_(denom)
+            denom = v_new.sqrt().div_(bc2.view(shape)).add_(self.eps)
+            delta = (m_new * size.view(shape)).div_(denom)
             with torch.no_grad():
                 p.copy_(torch.where(keep, p + delta, p))
             m.copy_(torch.where(keep, m_new, m))
             v.copy_(torch.where(keep, v_new, v))
+
+    def advance(self, applied: list[bool]) -> None:
+        """Count the step for the runs it was applied to (none if no parameter of this
+        optimiser had a gradient: as torch's Adam, which then does not step)."""
+        if self.live:
+            self.steps = [s + int(a) for s, a in zip(self.steps, applied, strict=True)]
 
     def keep(self, idx: Tensor) -> None:
         self.steps = [self.steps[i] for i in idx.tolist()]
@@ -193,7 +221,11 @@ class StackEngine:
         self._load_adam()
         for r in range(len(models)):  # the stack's copy is the one that moves on
             self.release(r)
-        self.bank_size = 0  # uniforms an update draws per run; learnt from the first update
+        self.bank_size: int | None = None  # uniforms an update draws per run (probed)
+        self.used = 0  # what the last forward drew per run
+        #: runs :meth:`device_step`: as a CUDA graph where the runs ask for one
+        self.step_fn: Any = GraphedStep(self.device_step) if self.cfg.cuda_graphs else \
+            self.device_step
 
     def _opts(self, engine: Engine) -> list[torch.optim.Optimizer]:
         return [engine.opt, engine.opt_b]
@@ -242,6 +274,8 @@ class StackEngine:
                        for n, p in self.params.items()}
         for adam in self.adams:
             adam.keep(idx)
+        if hasattr(self.step_fn, "reset"):  # a graph holds the old tensors: capture anew
+            self.step_fn.reset()
 
     def _banks(self, size: int, device: torch.device) -> Tensor:
         return torch.stack([torch.rand(size, generator=e.noise.generator)
@@ -266,71 +300,84 @@ class StackEngine:
             prefixed, xs, ys, banks, weights)
         return out, used[0]
 
-    def _draw_and_forward(self, xs: Any, ys: Tensor, weights: Any) -> dict[str, Tensor]:
-        """Draw each run's bank from its generator and run the forward; the first time, or
-        if the demand changed, run it again with banks of the size it asked for. Each
-        generator ends advanced by exactly what its run used, as the single run's."""
-        device = ys.device
-        gens = [e.noise.generator for e in self.engines]
-        saved = [g.get_state() for g in gens]
-        out, used = self._forward(xs, ys, self._banks(self.bank_size, device), weights)
-        if used > self.bank_size:
-            for g, s in zip(gens, saved, strict=True):
-                g.set_state(s)
-            self.bank_size = used
-            out, used = self._forward(xs, ys, self._banks(used, device), weights)
-        elif used < self.bank_size:
-            for g, s in zip(gens, saved, strict=True):
-                g.set_state(s)
-            self._banks(used, device)
-            self.bank_size = used
-        return out
+    def _probe(self, x: Any, y: Tensor, weights: Any) -> int:
+        """How many uniforms one update draws per run (the shapes decide it, not the
+        numbers): one forward without gradients from empty banks, drawing nothing."""
+        with torch.no_grad():
+            _, used = self._forward(x, y, torch.empty(len(self.engines), 0, device=y.device),
+                                    weights)
+        return used
 
     def weights(self, device: torch.device) -> tuple[Any, Any, Any]:
         cfgs = [e.cfg for e in self.engines]
         return tuple(_stacked([getattr(c, k) for c in cfgs], device)
                      for k in ("cv_gamma", "entropy", "coverage"))
 
-    def update(self, xs: list[Any], ys: list[Tensor], steps: list[int],
-               ) -> tuple[list[bool], list[dict[str, Tensor]]]:
-        """One update of every run (each its own batch ``xs[r], ys[r]``; ``steps[r]``
-        updates done, for its scheduled rates): forward, backward, each run's clipping and
-        non-finite guard, the Adam steps. Returns whether each run's update was applied
-        (False: its loss or a gradient norm was not finite, it is left as it was) and its
-        figures for the log."""
-        cfgs = [e.cfg for e in self.engines]
-        x, y = stack_batches(xs), stack_batches(ys)
-        device, R = y.device, len(cfgs)
-        factors = [lr_factor(c.lr_schedule, s, c.warmup, c.lr_min, c.horizon())
-                   for c, s in zip(cfgs, steps, strict=True)]
+    def device_step(self, x: Any, y: Tensor, banks: Tensor, weights: Any,
+                    scalars: tuple[Tensor, ...]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """The part of an update that reads no number back to the host, so that it can be
+        one CUDA graph (``graphs.py``): forward, backward, each run's clipping and
+        non-finite guard, the Adam steps of the runs whose loss and gradient norms are
+        finite. ``scalars``: each optimiser's step sizes and bias corrections
+        (:meth:`StackedAdam.scalars`) and each run's clipping norm. Returns the forward's
+        values, whether each run's step was applied, and the prediction network's norms."""
+        size, bc2, size_b, bc2_b, max_norm = scalars
         for p in self.params.values():
             p.grad = None
-        out = self._draw_and_forward(x, y, self.weights(device))
+        out, self.used = self._forward(x, y, banks, weights)
         losses = out.pop("_loss")
-        self.actions = (out.pop("_locs"), out.pop("_scales")) if "_locs" in out else None
         losses.sum().backward()  # runs share no parameter: each gets its own gradient
-        max_norm = torch.tensor([c.grad_clip or math.inf for c in cfgs], device=device)
         norms = []
         for names in self.groups:
             grads = [self.params[n].grad for n in names if self.params[n].grad is not None]
-            total = _group_norms(grads, R, device)
+            total = _group_norms(grads, len(max_norm), max_norm.device)
             coef = ((total + 1e-6).reciprocal() * max_norm).clamp(max=1.0)  # as clip_grad_norm_
             for g in grads:
                 g.mul_(coef.view((-1,) + (1,) * (g.dim() - 1)))
             norms.append(total)
         finite = torch.isfinite(torch.stack([*norms, losses.detach()])).all(0)
-        self.adams[0].step(self.params, [c.lr * f for c, f in zip(cfgs, factors, strict=True)],
-                           finite)
-        self.adams[1].step(self.params, [c.baseline_lr * f for c, f in
-                                         zip(cfgs, factors, strict=True)], finite)
+        self.adams[0].apply(self.params, size, bc2, finite)
+        self.adams[1].apply(self.params, size_b, bc2_b, finite)
+        return out, finite, norms[0]
+
+    def update(self, xs: list[Any], ys: list[Tensor], steps: list[int],
+               ) -> tuple[list[bool], list[dict[str, Tensor]]]:
+        """One update of every run (each its own batch ``xs[r], ys[r]``; ``steps[r]``
+        updates done, for its scheduled rates): each run's actions drawn from its
+        generator, then :meth:`device_step` (through ``step_fn``: a CUDA graph where
+        one was asked for). Returns whether each run's update was applied (False: its loss
+        or a gradient norm was not finite, it is left as it was) and its figures for the
+        log."""
+        cfgs = [e.cfg for e in self.engines]
+        x, y = stack_batches(xs), stack_batches(ys)
+        device = y.device
+        factors = [lr_factor(c.lr_schedule, s, c.warmup, c.lr_min, c.horizon())
+                   for c, s in zip(cfgs, steps, strict=True)]
+        weights = self.weights(device)
+        if self.bank_size is None:
+            self.bank_size = self._probe(x, y, weights)
+        scalars = (*self.adams[0].scalars([c.lr * f for c, f in zip(cfgs, factors, strict=True)],
+                                          device),
+                   *self.adams[1].scalars([c.baseline_lr * f for c, f in
+                                           zip(cfgs, factors, strict=True)], device),
+                   torch.tensor([c.grad_clip or math.inf for c in cfgs], device=device))
+        out, finite, norm = self.step_fn(x, y, self._banks(self.bank_size, device), weights,
+                                         scalars)
+        if self.used != self.bank_size:  # the forward drew other shapes than the probe's
+            raise RuntimeError(f"an update drew {self.used} uniforms per run where its probe "
+                               f"drew {self.bank_size}")
+        applied = finite.tolist()
+        for adam in self.adams:
+            adam.advance(applied)
+        self.actions = (out.pop("_locs"), out.pop("_scales")) if "_locs" in out else None
         values = []
         for r, c in enumerate(cfgs):
             row = {k: v[r] for k, v in out.items()}
-            row["grad_norm"] = norms[0][r]
+            row["grad_norm"] = norm[r]
             if logs_rate(c):
                 row["lr"] = torch.tensor(c.lr * factors[r], device=device)
             values.append(row)
-        return finite.tolist(), values
+        return applied, values
 
 
 def stack_batches(parts: list[Any]) -> Any:

@@ -29,6 +29,7 @@ from . import distributed, terminal
 from .config import TrainConfig, replace
 from .distributed import Dist
 from .errors import WsramError
+from .graphs import GraphedStep
 from .registry import spec_for
 from .run_dir import (
     RunDir,
@@ -178,11 +179,22 @@ def run_stack(cfgs: list[TrainConfig], dirs: list[Path], resumes: list[bool],
                 runs[i].reason = stop.reason
                 engine.write_back(j)
             bar.close()
+            if engine is not None:
+                _say_graphs(engine)
             for r in runs:  # still under StopRequest: a second Ctrl-C cannot cut a save
                 _end(r)
     finally:
         bar.close()
     return [_result(r) for r in runs]
+
+
+def _say_graphs(engine: StackEngine) -> None:
+    """One line on how the update ran, where CUDA graphs were asked for."""
+    step = engine.step_fn
+    if isinstance(step, GraphedStep) and step.failed is None:
+        n = step.replays
+        print(f"wsram: CUDA graphs: {n} update{'' if n == 1 else 's'} replayed from "
+              f"{step.captures} capture{'' if step.captures == 1 else 's'}", file=sys.stderr)
 
 
 def _one_update(runs: list[_Run], active: list[int], engine: StackEngine, bar: Any,

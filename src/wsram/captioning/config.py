@@ -49,7 +49,8 @@ class CaptionConfig(TrainConfig):
     WORDS: typing.ClassVar[dict[str, str]] = {
         **TrainConfig.WORDS, "dataset": "scenes|karpathy", "q_word": "current|preceding",
         "encoder": "digits|resnet18|resnet34|resnet50"}
-    HIDDEN_KEYS: typing.ClassVar[tuple[str, ...]] = ("coverage",)  # no canvas to cover
+    #: no canvas to cover; captioning runs are not stacked, and graphs go through stacks
+    HIDDEN_KEYS: typing.ClassVar[tuple[str, ...]] = ("coverage", "cuda_graphs")
     MODEL_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "hidden", "embed", "neighbourhood", "encoder", "q_word",
     )

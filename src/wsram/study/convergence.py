@@ -283,8 +283,8 @@ def write_report(root: str | Path, out_dir: str | Path) -> Path:
                   f"({RunDir('.').last.name}, mean of 10):", "", *paired_tests(long)]
     lines += ["", "## Beside the published figures", "", *published_table(runs), "",
               "Sources [D] and [B] and their caveats: docs/benchmarks.md. A finished run "
-              "only (all its updates, `last.pt` tested); the errors are not comparable one "
-              "to one (the last column)."]
+              f"only (all its updates, `{RunDir('.').last.name}` tested); the errors are not "
+              "comparable one to one (the last column)."]
     path = out_dir / "tables.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
